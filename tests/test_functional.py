@@ -1,0 +1,217 @@
+"""The twin back-propagation core against a brute-force oracle and hand-computed cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from torchrl_gem import twin_backprop_return
+
+
+def oracle(gamma, value, reward, done, terminated, max_horizon=None, zero_tail=False,
+           floor="own"):
+    """Enumerate every candidate of the definition, one transition at a time.
+
+    Inputs are [T, 2] / [T, 1] float64 lists; returns a [T, 2] list.
+    """
+    num_steps = len(reward)
+    horizon = max_horizon if max_horizon is not None else 10**9
+    out = []
+    for t in range(num_steps):
+        end = t
+        while not done[end] and end < num_steps - 1:
+            end += 1
+        candidates = []  # per n: (G^0, G^1)
+        for n in range(1, min(end - t + 1, horizon) + 1):
+            rewards = sum(gamma**j * reward[t + j] for j in range(n))
+            last = t + n - 1
+            keep = 0.0 if terminated[last] else 1.0
+            candidates.append(
+                tuple(rewards + gamma**n * keep * value[last][k] for k in (0, 1))
+            )
+        if zero_tail and end - t + 2 <= horizon:
+            tail = sum(gamma**j * reward[t + j] for j in range(end - t + 1))
+            candidates.append((tail, tail))
+        best = [max(range(len(candidates)), key=lambda i, k=k: (candidates[i][k], -i))
+                for k in (0, 1)]
+        row = []
+        for k in (0, 1):
+            other = 1 - k
+            own_floor = candidates[0][k] if floor == "own" else candidates[0][other]
+            row.append(max(candidates[best[other]][k], own_floor))
+        out.append(row)
+    return out
+
+
+def random_case(generator, batch, num_steps, p_done=0.15, p_terminated=0.5,
+                dtype=torch.float64):
+    value = torch.randn(*batch, num_steps, 2, generator=generator, dtype=dtype) * 3
+    reward = torch.randn(*batch, num_steps, 1, generator=generator, dtype=dtype)
+    done = torch.rand(*batch, num_steps, 1, generator=generator) < p_done
+    terminated = done & (torch.rand(*batch, num_steps, 1, generator=generator)
+                         < p_terminated)
+    # a terminated-but-not-done flag would be a malformed batch; the last step may
+    # also be terminated without done (terminal at a cut)
+    terminated[..., -1, :] |= torch.rand(*batch, 1, generator=generator) < 0.3
+    return value, reward, done, terminated
+
+
+def check_against_oracle(gamma, value, reward, done, terminated, **kwargs):
+    result = twin_backprop_return(gamma, value, reward, done, terminated, **kwargs)
+    flat = lambda x: x.reshape(-1, *x.shape[-2:])  # noqa: E731
+    for v, r, d, term, res in zip(flat(value), flat(reward), flat(done),
+                                  flat(terminated), flat(result)):
+        expected = oracle(gamma, v.tolist(), r.squeeze(-1).tolist(),
+                          d.squeeze(-1).tolist(), term.squeeze(-1).tolist(), **kwargs)
+        torch.testing.assert_close(res, torch.tensor(expected, dtype=res.dtype),
+                                   rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 0.99, 1.0])
+@pytest.mark.parametrize("num_steps", [1, 2, 7, 40])
+@pytest.mark.parametrize("zero_tail", [False, True])
+@pytest.mark.parametrize("floor", ["own", "selector"])
+def test_scan_matches_oracle(gamma, num_steps, zero_tail, floor):
+    generator = torch.Generator().manual_seed(num_steps)
+    case = random_case(generator, (3,), num_steps)
+    check_against_oracle(gamma, *case, zero_tail=zero_tail, floor=floor)
+
+
+@pytest.mark.parametrize("max_horizon", [1, 2, 3, 5, 39, 40, 41])
+@pytest.mark.parametrize("zero_tail", [False, True])
+@pytest.mark.parametrize("gamma", [0.0, 0.9, 1.0])
+def test_finite_horizon_matches_oracle(max_horizon, zero_tail, gamma):
+    generator = torch.Generator().manual_seed(max_horizon)
+    case = random_case(generator, (4,), 40, p_done=0.08)
+    check_against_oracle(gamma, *case, max_horizon=max_horizon, zero_tail=zero_tail)
+
+
+@pytest.mark.parametrize("max_horizon", [None, 2, 4])
+@pytest.mark.parametrize("zero_tail", [False, True])
+def test_ties_on_integer_data_match_oracle(max_horizon, zero_tail):
+    # Small integers with gamma = 1 make equal candidates common, so the
+    # shortest-horizon tie rule is exercised on both paths.
+    generator = torch.Generator().manual_seed(5)
+    value, reward, done, terminated = random_case(generator, (30,), 9, p_done=0.2)
+    value = torch.randint(-2, 3, value.shape, generator=generator).double()
+    reward = torch.randint(0, 2, reward.shape, generator=generator).double()
+    check_against_oracle(1.0, value, reward, done, terminated,
+                         max_horizon=max_horizon, zero_tail=zero_tail)
+
+
+def test_batch_dims_and_time_dim():
+    generator = torch.Generator().manual_seed(0)
+    value, reward, done, terminated = random_case(generator, (2, 3), 11)
+    expected = twin_backprop_return(0.9, value, reward, done, terminated)
+    check_against_oracle(0.9, value, reward, done, terminated)
+    # time first: [T, *B, F]
+    moved = [x.movedim(-2, 0) for x in (value, reward, done, terminated)]
+    result = twin_backprop_return(0.9, *moved, time_dim=0)
+    torch.testing.assert_close(result.movedim(0, -2), expected)
+
+
+def test_successive_trajectories_equal_separate_ones():
+    generator = torch.Generator().manual_seed(1)
+    pieces = [random_case(generator, (), n, p_done=0.0) for n in (5, 1, 9)]
+    for value, reward, done, terminated in pieces:
+        done[-1] = True
+    joined = [torch.cat(parts) for parts in zip(*pieces)]
+    together = twin_backprop_return(0.99, *joined)
+    apart = torch.cat([twin_backprop_return(0.99, *piece) for piece in pieces])
+    torch.testing.assert_close(together, apart)
+
+
+def test_hand_computed_truncated_end_bootstraps():
+    # r = (1, 0, 2), V(s_3) = (5, 1) at a cut: estimator 0 picks n = 3 (value 8) and
+    # estimator 1 evaluates it (4) but is floored by its own one-step target 7.
+    reward = torch.tensor([[1.0], [0.0], [2.0]])
+    value = torch.tensor([[0.0, 6.0], [0.0, 0.0], [5.0, 1.0]])
+    done = torch.tensor([[False], [False], [True]])
+    result = twin_backprop_return(1.0, value, reward, done, torch.zeros_like(done))
+    assert result.tolist() == [[1.0, 7.0], [7.0, 3.0], [7.0, 3.0]]
+
+
+def test_hand_computed_terminated_end_does_not_bootstrap():
+    reward = torch.tensor([[1.0], [1.0]])
+    value = torch.tensor([[0.0, 0.0], [100.0, 100.0]])
+    done = torch.tensor([[False], [True]])
+    terminated = done.clone()
+    result = twin_backprop_return(0.5, value, reward, done, terminated)
+    # t=1: r = 1 and no bootstrap; t=0: max(1 + 0.5 * 0, 1 + 0.5 * 1) = 1.5
+    assert result.tolist() == [[1.5, 1.5], [1.0, 1.0]]
+
+
+def test_hand_computed_cross_evaluation_and_ties():
+    # Estimator 0 prefers the rollout, estimator 1 prefers bootstrapping at once.
+    # gamma = 1, r = (0, 0), values V(s_1) = (1, 4), V(s_2) = (3, 2), cut at the end.
+    reward = torch.zeros(2, 1)
+    value = torch.tensor([[1.0, 4.0], [3.0, 2.0]])
+    done = torch.tensor([[False], [True]])
+    result = twin_backprop_return(1.0, value, reward, done, torch.zeros_like(done))
+    # t=0: G^0 = (1, 3) -> n^0 = 2; G^1 = (4, 2) -> n^1 = 1.
+    #      out0 = max(G^0(1), G^0(1)) = 1, out1 = max(G^1(2), G^1(1)) = 4.
+    assert result[0].tolist() == [1.0, 4.0]
+    # Ties go to the shortest horizon: estimator 0's candidates tie (2, 2), so it
+    # picks n = 1 and estimator 1 evaluates that as 0, not as G^1(2) = 5.
+    value = torch.tensor([[2.0, 0.0], [2.0, 5.0]])
+    result = twin_backprop_return(1.0, value, reward, done, torch.zeros_like(done))
+    assert result[0].tolist() == [2.0, 0.0]
+
+
+def test_result_is_at_least_the_one_step_target():
+    generator = torch.Generator().manual_seed(3)
+    value, reward, done, terminated = random_case(generator, (8,), 30)
+    result = twin_backprop_return(0.99, value, reward, done, terminated)
+    one_step = reward + 0.99 * value * (~terminated)
+    assert (result >= one_step - 1e-12).all()
+
+
+def test_dtype_device_and_no_grad():
+    value = torch.randn(4, 2, requires_grad=True)
+    reward = torch.randn(4, 1, requires_grad=True)
+    done = torch.zeros(4, 1, dtype=torch.bool)
+    result = twin_backprop_return(0.9, value, reward, done, done)
+    assert result.dtype == torch.float32 and not result.requires_grad
+    result = twin_backprop_return(0.9, value.double(), reward, done, done)
+    assert result.dtype == torch.float64
+
+
+def test_float32_scan_on_long_episode_is_accurate():
+    generator = torch.Generator().manual_seed(4)
+    value, reward, done, terminated = random_case(generator, (2,), 1000, p_done=0.0)
+    exact = twin_backprop_return(0.99, value, reward, done, terminated)
+    single = twin_backprop_return(0.99, value.float(), reward.float(), done,
+                                  terminated)
+    torch.testing.assert_close(single.double(), exact, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda v, r, d, t: (v[..., :1], r, d, t), "shape \\[\\*B, T, 2\\]"),
+        (lambda v, r, d, t: (v, r[:-1], d, t), "reward must have shape"),
+        (lambda v, r, d, t: (v, r, d.float(), t), "done must be a bool"),
+        (lambda v, r, d, t: (v, r, d, t.long()), "terminated must be a bool"),
+        (lambda v, r, d, t: (v, r, d[..., 0], t), "done must have shape"),
+    ],
+)
+def test_bad_inputs_raise(change, message):
+    value, reward = torch.zeros(5, 2), torch.zeros(5, 1)
+    done = torch.zeros(5, 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match=message):
+        twin_backprop_return(0.9, *change(value, reward, done, done.clone()))
+
+
+def test_bad_options_raise():
+    value, reward = torch.zeros(5, 2), torch.zeros(5, 1)
+    done = torch.zeros(5, 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match="gamma"):
+        twin_backprop_return(1.5, value, reward, done, done)
+    with pytest.raises(ValueError, match="max_horizon"):
+        twin_backprop_return(0.9, value, reward, done, done, max_horizon=0)
+    with pytest.raises(ValueError, match="floor"):
+        twin_backprop_return(0.9, value, reward, done, done, floor="min")
+
+
+if __name__ == "__main__":
+    pytest.main([__file__, "-q"])

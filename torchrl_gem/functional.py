@@ -1,0 +1,225 @@
+"""Twin back-propagation: the return that GEM's critics regress onto.
+
+For a transition ``t`` whose trajectory ends at ``e`` and an estimator ``k`` the
+``n``-step candidate follows the recorded rewards for ``n`` steps and then bootstraps
+with estimator ``k``:
+
+    G^k_t(n) = sum_{j<n} gamma^j r_{t+j} + gamma^n (1 - terminated_{t+n-1}) V^k_{t+n-1}
+
+with ``n = 1 .. min(e - t + 1, H)``. Each estimator picks its best horizon and the
+*other* estimator evaluates it ("twin back-propagation", Hu et al., ICML 2021,
+arXiv:2103.06469), floored by the one-step target:
+
+    out[t, 0] = max(G^0_t(n^1), G^0_t(1)),   out[t, 1] = max(G^1_t(n^0), G^1_t(1))
+
+where ``n^k`` is the smallest maximiser of ``G^k_t``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["twin_backprop_return"]
+
+Floor = Literal["own", "selector"]
+
+
+@torch.no_grad()
+def twin_backprop_return(
+    gamma: float,
+    next_state_value: Tensor,
+    reward: Tensor,
+    done: Tensor,
+    terminated: Tensor,
+    *,
+    max_horizon: int | None = None,
+    time_dim: int = -2,
+    zero_tail: bool = False,
+    floor: Floor = "own",
+) -> Tensor:
+    """Twin back-propagated returns along stored trajectories.
+
+    A trajectory ends at every step where ``done`` is set and at the last index along
+    ``time_dim``; such an end bootstraps from ``next_state_value`` unless
+    ``terminated`` is set (so the last index is a *cut*, like a time-limit
+    truncation). Horizons never cross a trajectory end.
+
+    Args:
+        gamma (float): discount factor, in ``[0, 1]``.
+        next_state_value (Tensor): ``[*B, T, 2]``; column ``k`` is ``V^k(s_{t+1})``,
+            the bootstrap value of estimator ``k`` (already reduced over its critic
+            group) for transition ``t``.
+        reward (Tensor): ``[*B, T, 1]`` rewards ``r_t``.
+        done (Tensor): ``[*B, T, 1]`` bool, end of a trajectory after step ``t``.
+        terminated (Tensor): ``[*B, T, 1]`` bool, true termination after step ``t``
+            (no bootstrap).
+
+    Keyword Args:
+        max_horizon (int, optional): largest rollout length ``H``. ``None`` (default)
+            lets the horizon run to the end of each trajectory.
+        time_dim (int): the time dimension of every input. Defaults to ``-2``.
+        zero_tail (bool): also offer, after each trajectory end, the candidate that
+            bootstraps with ``0`` (the plain discounted reward-to-go). The released
+            code has it because of its sentinel rows; it underestimates truncated
+            episodes. Defaults to ``False``.
+        floor (str): ``"own"`` (default, the paper) floors column ``k`` with
+            ``G^k_t(1)``; ``"selector"`` floors it with ``G^{k'}_t(1)``, the one-step
+            target of the estimator that selected the horizon, as the released MuJoCo
+            code does.
+
+    Returns:
+        A ``[*B, T, 2]`` tensor with the dtype and device of ``next_state_value``,
+        detached from any graph.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_gem import twin_backprop_return
+        >>> reward = torch.tensor([[1.0], [0.0], [2.0]])
+        >>> value = torch.tensor([[0.0, 6.0], [0.0, 0.0], [5.0, 1.0]])
+        >>> done = torch.tensor([[False], [False], [True]])
+        >>> terminated = torch.zeros_like(done)
+        >>> # estimator 0 picks n = 3 (1 + 0 + 2 + 5 = 8), estimator 1 picks n = 1 (7)
+        >>> twin_backprop_return(1.0, value, reward, done, terminated)
+        tensor([[1., 7.],
+                [7., 3.],
+                [7., 3.]])
+    """
+    _check_inputs(gamma, next_state_value, reward, done, terminated, max_horizon, floor)
+    dtype = next_state_value.dtype
+    # Work with time as the second to last dimension: [*B, T, F].
+    value = next_state_value.detach().transpose(time_dim, -2)
+    reward = reward.detach().to(dtype).transpose(time_dim, -2)
+    done = done.transpose(time_dim, -2).clone()
+    terminated = terminated.transpose(time_dim, -2)
+    done[..., -1, :] = True  # the last index is always a trajectory end (a cut)
+    bootstrap = value * (~terminated).to(dtype)
+    num_steps = value.shape[-2]
+    if max_horizon is None or max_horizon >= num_steps + int(zero_tail):
+        selected = _scan(gamma, bootstrap, reward, done, zero_tail)
+    else:
+        selected = _horizon_limited(
+            gamma, bootstrap, reward, done, max_horizon, zero_tail
+        )
+    one_step = reward + gamma * bootstrap
+    # ``selected[..., k]`` is estimator k's horizon evaluated by the other estimator;
+    # column k of the result holds estimator k's value, i.e. ``selected[..., 1 - k]``.
+    evaluated = selected.flip(-1)
+    floor_value = one_step if floor == "own" else one_step.flip(-1)
+    return torch.maximum(evaluated, floor_value).transpose(time_dim, -2)
+
+
+def _scan(
+    gamma: float, bootstrap: Tensor, reward: Tensor, done: Tensor, zero_tail: bool
+) -> Tensor:
+    """Exact O(T) backward scan over the unbounded horizon.
+
+    For ``n >= 2`` the candidates obey ``G^k_t(n) = r_t + gamma G^k_{t+1}(n - 1)``, a
+    monotone map, so the best candidate at ``t`` is either ``n = 1`` or one step
+    before the best candidate at ``t + 1``. The carry holds, per selecting estimator
+    k, ``(best value of k, value of the other estimator on that same horizon)``.
+    Ties go to the shorter horizon, as ``argmax`` does.
+    """
+    batch, num_steps = bootstrap.shape[:-2], bootstrap.shape[-2]
+    # Candidate bootstraps per selector k: (V^k, V^{k'}), shape [*B, T, 2, 2].
+    candidate = torch.stack((bootstrap, bootstrap.flip(-1)), dim=-1)
+    out = torch.empty_like(candidate)
+    tail_value = 0.0 if zero_tail else float("-inf")
+    carry = candidate.new_full((*batch, 2, 2), tail_value)
+    tail = carry.clone()
+    candidates, rewards, dones = (
+        candidate.unbind(-3),
+        reward.unsqueeze(-1).unbind(-3),
+        done.unsqueeze(-1).unbind(-3),
+    )
+    for t in range(num_steps - 1, -1, -1):
+        follow = torch.where(dones[t], tail, carry)
+        # n = 1 wins ties (b >= best continuation); -inf continuations always lose.
+        take_one_step = candidates[t][..., :1] >= follow[..., :1]
+        carry = rewards[t] + gamma * torch.where(take_one_step, candidates[t], follow)
+        out[..., t, :, :] = carry
+    return out[..., 1]
+
+
+def _horizon_limited(
+    gamma: float,
+    bootstrap: Tensor,
+    reward: Tensor,
+    done: Tensor,
+    max_horizon: int,
+    zero_tail: bool,
+) -> Tensor:
+    """Exact O(T * H) form for a finite horizon: enumerate n = 1 .. H in lockstep.
+
+    Returns, like :func:`_scan`, the other estimator's value at each selector's best
+    horizon. Strict ``>`` keeps the shortest horizon on ties.
+    """
+    one_step = reward + gamma * bootstrap
+    best, best_other = one_step, one_step.flip(-1)
+    reward_sum = reward  # sum_{j<n} gamma^j r_{t+j}, for the current n
+    alive = torch.ones_like(done)  # candidate n exists at t (no end before t + n - 1)
+    discount = 1.0  # gamma^(n - 1)
+    for n in range(2, max_horizon + 1):
+        ended_before = _shift(done, n - 2, fill=True)  # trajectory ended at t + n - 2
+        if zero_tail:
+            # Candidate n = e - t + 2: the rewards to the end, then a zero bootstrap.
+            tail = reward_sum.expand_as(best)
+            better = alive & ended_before & (tail > best)
+            best = torch.where(better, tail, best)
+            best_other = torch.where(better, tail, best_other)
+        alive = alive & ~ended_before
+        discount *= gamma
+        reward_sum = reward_sum + discount * _shift(reward, n - 1, fill=0.0)
+        value = reward_sum + discount * gamma * _shift(bootstrap, n - 1, fill=0.0)
+        better = alive & (value > best)
+        best = torch.where(better, value, best)
+        best_other = torch.where(better, value.flip(-1), best_other)
+    return best_other
+
+
+def _shift(x: Tensor, steps: int, fill: float | bool) -> Tensor:
+    """``out[..., t, :] = x[..., t + steps, :]``, ``fill`` past the end."""
+    if steps == 0:
+        return x
+    out = torch.full_like(x, fill)
+    if steps < x.shape[-2]:
+        out[..., :-steps, :] = x[..., steps:, :]
+    return out
+
+
+def _check_inputs(
+    gamma: float,
+    next_state_value: Tensor,
+    reward: Tensor,
+    done: Tensor,
+    terminated: Tensor,
+    max_horizon: int | None,
+    floor: str,
+) -> None:
+    if not 0.0 <= float(gamma) <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}.")
+    if next_state_value.ndim < 2 or next_state_value.shape[-1] != 2:
+        raise ValueError(
+            "next_state_value must have shape [*B, T, 2] (one column per twin "
+            f"estimator), got {tuple(next_state_value.shape)}."
+        )
+    if not next_state_value.is_floating_point():
+        raise ValueError(
+            f"next_state_value must be floating point, got {next_state_value.dtype}."
+        )
+    expected = (*next_state_value.shape[:-1], 1)
+    for name, tensor in (("reward", reward), ("done", done), ("terminated", terminated)):
+        if tuple(tensor.shape) != expected:
+            raise ValueError(
+                f"{name} must have shape {expected} to match next_state_value "
+                f"{tuple(next_state_value.shape)}, got {tuple(tensor.shape)}."
+            )
+    for name, tensor in (("done", done), ("terminated", terminated)):
+        if tensor.dtype != torch.bool:
+            raise ValueError(f"{name} must be a bool tensor, got {tensor.dtype}.")
+    if max_horizon is not None and max_horizon < 1:
+        raise ValueError(f"max_horizon must be None or >= 1, got {max_horizon}.")
+    if floor not in ("own", "selector"):
+        raise ValueError(f"floor must be 'own' or 'selector', got {floor!r}.")
