@@ -8,8 +8,16 @@ import torch
 from torchrl_gem import twin_backprop_return
 
 
-def oracle(gamma, value, reward, done, terminated, max_horizon=None, zero_tail=False,
-           floor="own"):
+def oracle(
+    gamma,
+    value,
+    reward,
+    done,
+    terminated,
+    max_horizon=None,
+    zero_tail=False,
+    floor="own",
+):
     """Enumerate every candidate of the definition, one transition at a time.
 
     Inputs are [T, 2] / [T, 1] float64 lists; returns a [T, 2] list.
@@ -32,8 +40,10 @@ def oracle(gamma, value, reward, done, terminated, max_horizon=None, zero_tail=F
         if zero_tail and end - t + 2 <= horizon:
             tail = sum(gamma**j * reward[t + j] for j in range(end - t + 1))
             candidates.append((tail, tail))
-        best = [max(range(len(candidates)), key=lambda i, k=k: (candidates[i][k], -i))
-                for k in (0, 1)]
+        best = [
+            max(range(len(candidates)), key=lambda i, k=k: (candidates[i][k], -i))
+            for k in (0, 1)
+        ]
         row = []
         for k in (0, 1):
             other = 1 - k
@@ -43,13 +53,15 @@ def oracle(gamma, value, reward, done, terminated, max_horizon=None, zero_tail=F
     return out
 
 
-def random_case(generator, batch, num_steps, p_done=0.15, p_terminated=0.5,
-                dtype=torch.float64):
+def random_case(
+    generator, batch, num_steps, p_done=0.15, p_terminated=0.5, dtype=torch.float64
+):
     value = torch.randn(*batch, num_steps, 2, generator=generator, dtype=dtype) * 3
     reward = torch.randn(*batch, num_steps, 1, generator=generator, dtype=dtype)
     done = torch.rand(*batch, num_steps, 1, generator=generator) < p_done
-    terminated = done & (torch.rand(*batch, num_steps, 1, generator=generator)
-                         < p_terminated)
+    terminated = done & (
+        torch.rand(*batch, num_steps, 1, generator=generator) < p_terminated
+    )
     # a terminated-but-not-done flag would be a malformed batch; the last step may
     # also be terminated without done (terminal at a cut)
     terminated[..., -1, :] |= torch.rand(*batch, 1, generator=generator) < 0.3
@@ -59,12 +71,20 @@ def random_case(generator, batch, num_steps, p_done=0.15, p_terminated=0.5,
 def check_against_oracle(gamma, value, reward, done, terminated, **kwargs):
     result = twin_backprop_return(gamma, value, reward, done, terminated, **kwargs)
     flat = lambda x: x.reshape(-1, *x.shape[-2:])  # noqa: E731
-    for v, r, d, term, res in zip(flat(value), flat(reward), flat(done),
-                                  flat(terminated), flat(result)):
-        expected = oracle(gamma, v.tolist(), r.squeeze(-1).tolist(),
-                          d.squeeze(-1).tolist(), term.squeeze(-1).tolist(), **kwargs)
-        torch.testing.assert_close(res, torch.tensor(expected, dtype=res.dtype),
-                                   rtol=1e-10, atol=1e-10)
+    for v, r, d, term, res in zip(
+        flat(value), flat(reward), flat(done), flat(terminated), flat(result)
+    ):
+        expected = oracle(
+            gamma,
+            v.tolist(),
+            r.squeeze(-1).tolist(),
+            d.squeeze(-1).tolist(),
+            term.squeeze(-1).tolist(),
+            **kwargs,
+        )
+        torch.testing.assert_close(
+            res, torch.tensor(expected, dtype=res.dtype), rtol=1e-10, atol=1e-10
+        )
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 0.99, 1.0])
@@ -95,8 +115,15 @@ def test_ties_on_integer_data_match_oracle(max_horizon, zero_tail):
     value, reward, done, terminated = random_case(generator, (30,), 9, p_done=0.2)
     value = torch.randint(-2, 3, value.shape, generator=generator).double()
     reward = torch.randint(0, 2, reward.shape, generator=generator).double()
-    check_against_oracle(1.0, value, reward, done, terminated,
-                         max_horizon=max_horizon, zero_tail=zero_tail)
+    check_against_oracle(
+        1.0,
+        value,
+        reward,
+        done,
+        terminated,
+        max_horizon=max_horizon,
+        zero_tail=zero_tail,
+    )
 
 
 def test_batch_dims_and_time_dim():
@@ -180,8 +207,7 @@ def test_float32_scan_on_long_episode_is_accurate():
     generator = torch.Generator().manual_seed(4)
     value, reward, done, terminated = random_case(generator, (2,), 1000, p_done=0.0)
     exact = twin_backprop_return(0.99, value, reward, done, terminated)
-    single = twin_backprop_return(0.99, value.float(), reward.float(), done,
-                                  terminated)
+    single = twin_backprop_return(0.99, value.float(), reward.float(), done, terminated)
     torch.testing.assert_close(single.double(), exact, rtol=1e-4, atol=1e-4)
 
 

@@ -1,7 +1,32 @@
-"""Generalizable Episodic Memory (GEM) as TorchRL components."""
+"""Generalizable Episodic Memory (GEM, Hu et al., ICML 2021) as TorchRL components.
+
+The pieces, each usable alone:
+
+- :func:`twin_backprop_return`: the twin back-propagation core (pure tensors);
+- :class:`TwinBackPropEstimator`: target networks -> twin enhanced returns, a TorchRL
+  value estimator usable by any loss or as a replay-buffer transform;
+- :class:`EpisodicMemory`: a replay buffer of trajectories that refreshes the returns
+  of everything it stores;
+- :class:`GEMLoss`: TD3's losses with critics regressed onto those returns;
+- :func:`make_gem_actor`, :func:`make_gem_critics`: the reference networks.
+"""
 
 from __future__ import annotations
 
+from torchrl_gem.estimator import GEMEstimators, TwinBackPropEstimator
 from torchrl_gem.functional import twin_backprop_return
+from torchrl_gem.loss import GEMLoss, asymmetric_l2
+from torchrl_gem.memory import EpisodicMemory
+from torchrl_gem.networks import GEMCritic, make_gem_actor, make_gem_critics
 
-__all__ = ["twin_backprop_return"]
+__all__ = [
+    "EpisodicMemory",
+    "GEMCritic",
+    "GEMEstimators",
+    "GEMLoss",
+    "TwinBackPropEstimator",
+    "asymmetric_l2",
+    "make_gem_actor",
+    "make_gem_critics",
+    "twin_backprop_return",
+]

@@ -17,6 +17,7 @@ where ``n^k`` is the smallest maximiser of ``G^k_t``.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -121,26 +122,52 @@ def _scan(
     before the best candidate at ``t + 1``. The carry holds, per selecting estimator
     k, ``(best value of k, value of the other estimator on that same horizon)``.
     Ties go to the shorter horizon, as ``argmax`` does.
+
+    Every trajectory of every batch row is packed into one row of a
+    ``[num_trajectories, longest]`` block, right-aligned so that all of them end at
+    the last column: the loop then runs over the longest trajectory only, with no
+    per-step end masks, vectorised over all trajectories.
     """
-    batch, num_steps = bootstrap.shape[:-2], bootstrap.shape[-2]
-    # Candidate bootstraps per selector k: (V^k, V^{k'}), shape [*B, T, 2, 2].
-    candidate = torch.stack((bootstrap, bootstrap.flip(-1)), dim=-1)
-    out = torch.empty_like(candidate)
-    tail_value = 0.0 if zero_tail else float("-inf")
-    carry = candidate.new_full((*batch, 2, 2), tail_value)
-    tail = carry.clone()
-    candidates, rewards, dones = (
-        candidate.unbind(-3),
-        reward.unsqueeze(-1).unbind(-3),
-        done.unsqueeze(-1).unbind(-3),
+    features = bootstrap.shape[-1]
+    flat_done = done.reshape(-1)
+    ends = flat_done.nonzero().squeeze(-1)
+    lengths = torch.diff(ends, prepend=ends.new_full((1,), -1))
+    longest = int(lengths.max())
+    trajectory = torch.repeat_interleave(
+        torch.arange(len(ends), device=ends.device), lengths
     )
-    for t in range(num_steps - 1, -1, -1):
-        follow = torch.where(dones[t], tail, carry)
-        # n = 1 wins ties (b >= best continuation); -inf continuations always lose.
-        take_one_step = candidates[t][..., :1] >= follow[..., :1]
-        carry = rewards[t] + gamma * torch.where(take_one_step, candidates[t], follow)
-        out[..., t, :, :] = carry
-    return out[..., 1]
+    # column of step i: the trajectory's end sits at the last column
+    column = (
+        longest
+        - 1
+        - (ends[trajectory] - torch.arange(len(flat_done), device=ends.device))
+    )
+    # time-major [L, E, F] blocks, so that each step reads contiguous rows
+    flat_index = column * len(ends) + trajectory
+    flat_bootstrap = bootstrap.reshape(-1, features)
+    packed = bootstrap.new_zeros(longest * len(ends), 2 * features + 1)
+    packed[flat_index] = torch.cat(
+        [flat_bootstrap, flat_bootstrap.flip(-1), reward.reshape(-1, 1)], -1
+    )
+    packed = packed.view(longest, len(ends), 2 * features + 1)
+    bootstraps = packed[..., :features].unbind(0)
+    others = packed[..., features:-1].unbind(0)
+    rewards = packed[..., -1:].unbind(0)
+    # best[:, k]: best candidate of selector k; evaluated[:, k]: the other
+    # estimator's value on that same horizon. Both start at the zero tail or -inf.
+    best = packed.new_full((len(ends), features), 0.0 if zero_tail else -math.inf)
+    evaluated = best.clone()
+    outputs = []
+    for t in range(longest - 1, -1, -1):
+        # n = 1 wins ties (b >= best continuation); a -inf continuation always loses.
+        take_one_step = bootstraps[t] >= best
+        best = torch.add(rewards[t], torch.maximum(bootstraps[t], best), alpha=gamma)
+        evaluated = torch.add(
+            rewards[t], torch.where(take_one_step, others[t], evaluated), alpha=gamma
+        )
+        outputs.append(evaluated)
+    outputs = torch.cat(outputs[::-1])
+    return outputs[flat_index].reshape(bootstrap.shape)
 
 
 def _horizon_limited(
@@ -210,7 +237,11 @@ def _check_inputs(
             f"next_state_value must be floating point, got {next_state_value.dtype}."
         )
     expected = (*next_state_value.shape[:-1], 1)
-    for name, tensor in (("reward", reward), ("done", done), ("terminated", terminated)):
+    for name, tensor in (
+        ("reward", reward),
+        ("done", done),
+        ("terminated", terminated),
+    ):
         if tuple(tensor.shape) != expected:
             raise ValueError(
                 f"{name} must have shape {expected} to match next_state_value "

@@ -1,0 +1,355 @@
+"""EpisodicMemory: a replay buffer of whole trajectories whose targets it refreshes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tensordict import NestedKey, TensorDictBase
+from torchrl import timeit
+from torchrl.data import (
+    LazyMemmapStorage,
+    LazyTensorStorage,
+    TensorDictReplayBuffer,
+)
+from torchrl.data.replay_buffers import Sampler, Writer
+from torchrl.objectives.value.functional import reward2go
+
+from torchrl_gem.estimator import TwinBackPropEstimator
+
+__all__ = ["EpisodicMemory"]
+
+# Per-slot bookkeeping lives in the storage itself, so dumps/loads and state_dict
+# carry it with the data.
+EPISODE = ("_memory", "episode")  # internal episode id, unique for the memory's life
+STAMP = ("_memory", "stamp")  # arrival order: sorts the steps of an episode
+OCCUPIED = ("_memory", "occupied")  # False once the slot's episode is evicted
+
+
+class EpisodeWriter(Writer):
+    """Writes flat transitions into free slots, evicting whole oldest episodes.
+
+    Incoming steps carry the collector's trajectory id. Ids are remapped to
+    internal episode ids, so that a collector restarted after a checkpoint (whose
+    ids start again at 0) never continues a stored episode.
+    """
+
+    def __init__(self, trajectory_key: NestedKey, done_key: NestedKey) -> None:
+        super().__init__()
+        self.trajectory_key = trajectory_key
+        self.done_key = done_key
+        self._next_stamp = 0
+        self._next_episode = 0
+        self._open: dict[int, int] = {}  # collector trajectory id -> internal id
+        # Slots are filled lowest-first, so those ever written are [0, high_water);
+        # the storage's own length may count allocated but unwritten slots.
+        self._high_water = 0
+
+    def add(self, data: Any) -> int:
+        raise NotImplementedError("EpisodicMemory is written with extend().")
+
+    def extend(self, data: TensorDictBase) -> torch.Tensor:
+        num_new = data.numel()
+        capacity = self._storage.max_size
+        if num_new > capacity:
+            raise ValueError(
+                f"Cannot write {num_new} transitions into a memory of capacity "
+                f"{capacity}."
+            )
+        data.set(EPISODE, self._episode_ids(data))
+        data.set(STAMP, torch.arange(self._next_stamp, self._next_stamp + num_new))
+        data.set(OCCUPIED, torch.ones(num_new, dtype=torch.bool))
+        self._next_stamp += num_new
+        slots = self._free_slots(num_new)
+        self._storage.set(slots, data)
+        self._high_water = max(self._high_water, int(slots.max()) + 1)
+        return slots
+
+    def written(self) -> TensorDictBase:
+        """A view of the slots written so far (occupied or evicted)."""
+        return self._storage[: self._high_water]
+
+    def occupied_slots(self) -> torch.Tensor:
+        """Indices of the slots that hold a stored transition."""
+        if not self._high_water:
+            return torch.zeros(0, dtype=torch.long)
+        return self.written().get(OCCUPIED).nonzero().squeeze(-1)
+
+    def _episode_ids(self, data: TensorDictBase) -> torch.Tensor:
+        trajectory = data.get(self.trajectory_key).reshape(-1)
+        done = data.get(self.done_key).reshape(-1)
+        ids = torch.empty_like(trajectory)
+        # a few distinct trajectories per batch: a loop over them is cheap
+        for external in trajectory.unique(sorted=False).tolist():
+            steps = trajectory == external
+            if external not in self._open:
+                self._open[external] = self._next_episode
+                self._next_episode += 1
+            ids[steps] = self._open[external]
+            if done[steps].any():
+                del self._open[external]
+        return ids
+
+    def close_open_episodes(self) -> None:
+        """Forget running episodes: the next steps start new ones."""
+        self._open.clear()
+
+    def _occupied(self) -> torch.Tensor:
+        occupied = torch.zeros(self._storage.max_size, dtype=torch.bool)
+        occupied[self.occupied_slots().cpu()] = True
+        return occupied
+
+    def _free_slots(self, num_new: int) -> torch.Tensor:
+        occupied = self._occupied()
+        missing = num_new - int((~occupied).sum())
+        if missing > 0:
+            self._evict_oldest_episodes(occupied, missing)
+        return (~occupied).nonzero().squeeze(-1)[:num_new]
+
+    def _evict_oldest_episodes(self, occupied: torch.Tensor, missing: int) -> None:
+        """Free the fewest oldest whole episodes that make room for ``missing`` steps."""
+        slots = occupied.nonzero().squeeze(-1)
+        meta = self._storage[slots]
+        episode, stamp = meta.get(EPISODE).cpu(), meta.get(STAMP).cpu()
+        ids, inverse, sizes = episode.unique(return_inverse=True, return_counts=True)
+        first_stamp = torch.full_like(ids, torch.iinfo(torch.int64).max)
+        first_stamp = first_stamp.scatter_reduce(0, inverse, stamp, "amin")
+        by_age = first_stamp.argsort()
+        enough = int((sizes[by_age].cumsum(0) < missing).sum()) + 1
+        evicted = torch.isin(episode, ids[by_age[:enough]])
+        freed = slots[evicted]
+        occupied[freed] = False
+        self.written().set_at_(
+            OCCUPIED, torch.zeros(len(freed), dtype=torch.bool), freed
+        )
+
+    def _empty(self, empty_write_count: bool = True) -> None:
+        self._next_stamp = self._next_episode = self._high_water = 0
+        self._open.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "next_stamp": self._next_stamp,
+            "next_episode": self._next_episode,
+            "high_water": self._high_water,
+            "open": dict(self._open),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._next_stamp = int(state_dict["next_stamp"])
+        self._next_episode = int(state_dict["next_episode"])
+        self._high_water = int(state_dict["high_water"])
+        self._open = {int(k): int(v) for k, v in state_dict["open"].items()}
+
+    def dumps(self, path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "episode_writer.json").write_text(json.dumps(self.state_dict()))
+
+    def loads(self, path) -> None:
+        self.load_state_dict(
+            json.loads((Path(path) / "episode_writer.json").read_text())
+        )
+
+
+class StoredTransitionSampler(Sampler):
+    """Uniform sampling, with replacement, of the slots an EpisodeWriter occupies."""
+
+    def __init__(self, writer: EpisodeWriter) -> None:
+        super().__init__()
+        self.writer = writer
+
+    def sample(self, storage, batch_size: int) -> tuple[torch.Tensor, dict]:
+        occupied = self.writer.occupied_slots()
+        if not len(occupied):
+            raise RuntimeError("Cannot sample from an empty EpisodicMemory.")
+        pick = torch.randint(len(occupied), (batch_size,), device=occupied.device)
+        return occupied[pick], {}
+
+    def _empty(self) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+    def dumps(self, path) -> None:
+        pass
+
+    def loads(self, path) -> None:
+        pass
+
+
+class EpisodicMemory(TensorDictReplayBuffer):
+    """GEM's episodic memory: trajectories in, uniformly sampled transitions out.
+
+    Stores transitions as a collector delivers them (``[T]`` or ``[num_envs, T]``
+    batches, episodes cut across batches), keeps each trajectory's order, and
+    :meth:`refresh` recomputes ``memory_return`` of every stored transition in place
+    with a :class:`~torchrl_gem.TwinBackPropEstimator`; a trajectory still running
+    is treated as cut at its newest stored step. When full it evicts whole oldest
+    episodes, so no stale partial episode remains. New entries start with the
+    discounted reward-to-go observed in their batch as ``memory_return``.
+
+    Keyword Args:
+        capacity (int): most transitions held. Defaults to ``100_000``.
+        storage (str): ``"tensor"`` (RAM or ``device``) or ``"memmap"`` (disk-backed,
+            under ``scratch_dir``). Defaults to ``"tensor"``.
+        batch_size (int, optional): default sample size.
+        gamma (float): discount of the initial ``memory_return``. Defaults to 0.99.
+        device (torch.device, optional): device of a tensor storage.
+        scratch_dir (str, optional): folder of a memmap storage.
+        trajectory_key (NestedKey): per-step trajectory id, as written by TorchRL
+            collectors. Defaults to ``("collector", "traj_ids")``.
+        memory_return_key (NestedKey): the twin-return column. Defaults to
+            ``"memory_return"``.
+        done_key (NestedKey): Defaults to ``("next", "done")``.
+        reward_key (NestedKey): Defaults to ``("next", "reward")``.
+        check_finite (sequence of NestedKey): entries checked for NaN/inf on every
+            write. Defaults to observations and rewards.
+        transform: optional TorchRL transform, as for any replay buffer.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> memory = EpisodicMemory(capacity=100, batch_size=4)
+        >>> T = 10
+        >>> batch = TensorDict(
+        ...     observation=torch.randn(T, 3),
+        ...     collector=TensorDict(traj_ids=torch.zeros(T, dtype=torch.long)),
+        ...     next=TensorDict(observation=torch.randn(T, 3), reward=torch.ones(T, 1),
+        ...                     done=torch.zeros(T, 1, dtype=torch.bool),
+        ...                     terminated=torch.zeros(T, 1, dtype=torch.bool)),
+        ...     batch_size=[T])
+        >>> _ = memory.extend(batch)
+        >>> len(memory), memory.sample()["memory_return"].shape
+        (10, torch.Size([4, 2]))
+    """
+
+    def __init__(
+        self,
+        *,
+        capacity: int = 100_000,
+        storage: Literal["tensor", "memmap"] = "tensor",
+        batch_size: int | None = None,
+        gamma: float = 0.99,
+        device: torch.device | str | None = None,
+        scratch_dir: str | None = None,
+        trajectory_key: NestedKey = ("collector", "traj_ids"),
+        memory_return_key: NestedKey = "memory_return",
+        done_key: NestedKey = ("next", "done"),
+        reward_key: NestedKey = ("next", "reward"),
+        check_finite: tuple[NestedKey, ...] = ("observation", ("next", "reward")),
+        transform=None,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}.")
+        if storage == "tensor":
+            backend = LazyTensorStorage(capacity, device=device or "cpu")
+        elif storage == "memmap":
+            backend = LazyMemmapStorage(capacity, scratch_dir=scratch_dir)
+        else:
+            raise ValueError(f"storage must be 'tensor' or 'memmap', got {storage!r}.")
+        writer = EpisodeWriter(trajectory_key, done_key)
+        super().__init__(
+            storage=backend,
+            sampler=StoredTransitionSampler(writer),
+            writer=writer,
+            batch_size=batch_size,
+            transform=transform,
+        )
+        self.gamma = gamma
+        self.trajectory_key = trajectory_key
+        self.memory_return_key = memory_return_key
+        self.done_key = done_key
+        self.reward_key = reward_key
+        self.check_finite = tuple(check_finite)
+
+    def extend(self, data: TensorDictBase, **kwargs) -> torch.Tensor:
+        """Store a ``[T]`` or ``[*B, T]`` batch (time last). Returns the slots."""
+        self._validate(data)
+        if self.memory_return_key not in data.keys(include_nested=True):
+            initial = reward2go(
+                data.get(self.reward_key),
+                data.get(self.done_key),
+                self.gamma,
+                time_dim=-2,
+            )
+            data.set(self.memory_return_key, initial.expand(*data.batch_size, 2))
+        return super().extend(data.reshape(-1), **kwargs)
+
+    def __len__(self) -> int:
+        """Number of stored transitions."""
+        return len(self._writer.occupied_slots())
+
+    @property
+    def num_episodes(self) -> int:
+        """Number of stored trajectories (finished or running)."""
+        return len(self._ordered_slots()[1]) if len(self) else 0
+
+    def close_open_episodes(self) -> None:
+        """Treat every running episode as cut: call it after restarting a collector."""
+        self._writer.close_open_episodes()
+
+    @torch.no_grad()
+    def refresh(self, estimator: TwinBackPropEstimator) -> None:
+        """Recompute ``memory_return`` of every stored transition, in place.
+
+        All trajectories are laid end to end in time order, with an end flag at
+        each one's last stored step (a cut where the episode still runs), and go
+        through ``estimator`` in one call: one batched pass of the target networks
+        over every stored next-state and one vectorised backward scan. Timed under
+        ``timeit("memory/refresh")``.
+        """
+        if not len(self):
+            return
+        with timeit("memory/refresh"):
+            slots, last_step = self._ordered_slots()
+            keys = estimator.tensor_keys
+            stored = self._writer.written()
+            data = stored.select(*estimator.in_keys, strict=True)[slots]
+            done_key = ("next", keys.done)
+            ends = torch.zeros(len(slots), 1, dtype=torch.bool, device=data.device)
+            ends[last_step] = True
+            data.set(done_key, data.get(done_key) | ends)
+            returns = estimator.twin_returns(data)
+            stored.set_at_(self.memory_return_key, returns.to(stored.device), slots)
+
+    def _ordered_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Occupied slots sorted by (episode, arrival), and each episode's last step."""
+        stored = self._writer.written()
+        slots = self._writer.occupied_slots()
+        episode, stamp = stored.get(EPISODE)[slots], stored.get(STAMP)[slots]
+        order = stamp.argsort()
+        order = order[episode[order].argsort(stable=True)]
+        episode = episode[order]
+        last_step = torch.ones_like(episode, dtype=torch.bool)
+        last_step[:-1] = episode[1:] != episode[:-1]
+        return slots[order], last_step.nonzero().squeeze(-1)
+
+    def _validate(self, data: TensorDictBase) -> None:
+        if data.ndim < 1:
+            raise ValueError("EpisodicMemory.extend needs a batch of steps [*B, T].")
+        keys = data.keys(include_nested=True, leaves_only=True)
+        for key in (self.trajectory_key, self.done_key, self.reward_key):
+            if key not in keys:
+                hint = (
+                    " TorchRL collectors write it; for hand-made data, give each "
+                    "step its trajectory id."
+                    if key == self.trajectory_key
+                    else ""
+                )
+                raise KeyError(f"EpisodicMemory.extend: missing entry {key!r}.{hint}")
+        for key in self.check_finite:
+            value = data.get(key, None)
+            if value is not None and not torch.isfinite(value).all():
+                bad = (~torch.isfinite(value)).reshape(*data.batch_size, -1).any(-1)
+                where = bad.nonzero()[0].tolist()
+                raise ValueError(
+                    f"EpisodicMemory.extend: non-finite value in {key!r} at batch "
+                    f"index {where}; refusing to store it."
+                )
