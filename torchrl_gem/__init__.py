@@ -4,7 +4,8 @@ The pieces, each usable alone:
 
 - :func:`twin_backprop_return`: the twin back-propagation core (pure tensors);
 - :class:`TwinBackPropEstimator`: target networks -> twin enhanced returns, a TorchRL
-  value estimator usable by any loss or as a replay-buffer transform;
+  value estimator usable by any loss;
+- :class:`TwinBackPropTransform`: the same on replay-buffer slices, at sample time;
 - :class:`EpisodicMemory`: a replay buffer of trajectories that refreshes the returns
   of everything it stores;
 - :class:`GEMLoss`: TD3's losses with critics regressed onto those returns;
@@ -18,6 +19,7 @@ from torchrl_gem.functional import twin_backprop_return
 from torchrl_gem.loss import GEMLoss, asymmetric_l2
 from torchrl_gem.memory import EpisodicMemory
 from torchrl_gem.networks import GEMCritic, make_gem_actor, make_gem_critics
+from torchrl_gem.transforms import TwinBackPropTransform
 
 __all__ = [
     "EpisodicMemory",
@@ -25,6 +27,7 @@ __all__ = [
     "GEMEstimators",
     "GEMLoss",
     "TwinBackPropEstimator",
+    "TwinBackPropTransform",
     "asymmetric_l2",
     "make_gem_actor",
     "make_gem_critics",

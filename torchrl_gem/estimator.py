@@ -8,7 +8,7 @@ from enum import Enum
 from typing import Literal
 
 import torch
-from tensordict import NestedKey, TensorDictBase
+from tensordict import NestedKey, TensorDictBase, unravel_key
 from tensordict.nn import TensorDictModuleBase
 from torch import Tensor
 from torchrl.envs.utils import ExplorationType, set_exploration_type
@@ -56,8 +56,8 @@ class TwinBackPropEstimator(ValueEstimatorBase):
 
     - :meth:`~torchrl_gem.EpisodicMemory.refresh` over a whole memory;
     - a sample-time transform of a replay buffer that samples ``SliceSampler`` slices
-      (wrap it in :class:`torchrl.envs.transforms.ModuleTransform`); the horizon is
-      then truncated at the slice ends;
+      (wrap it in :class:`~torchrl_gem.TwinBackPropTransform`); the horizon is then
+      truncated at the slice ends;
     - the value estimator of another loss (``TD3Loss``, ``SACLoss``, ``DDPGLoss``):
       ``loss.make_value_estimator(TwinBackPropEstimator.for_loss(loss, gamma=0.99))``.
       :meth:`value_estimate` reads ``memory_return`` from the batch when present
@@ -262,16 +262,8 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         if self.actor_network is not None:
             network_keys += list(self.actor_network.in_keys)
         network_keys = [key for key in network_keys if key != keys.action]
-        return list(
-            dict.fromkeys(
-                [("next", key) for key in network_keys]
-                + [
-                    ("next", keys.reward),
-                    ("next", keys.done),
-                    ("next", keys.terminated),
-                ]
-            )
-        )
+        next_keys = [*network_keys, keys.reward, keys.done, keys.terminated]
+        return list(dict.fromkeys(unravel_key(("next", key)) for key in next_keys))
 
     @property
     def out_keys(self) -> list[NestedKey]:
