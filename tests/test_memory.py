@@ -1,0 +1,288 @@
+"""EpisodicMemory: trajectory bookkeeping, eviction, in-place refresh, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_loss
+from tensordict import TensorDict
+from torchrl.collectors import Collector
+from torchrl.envs import GymEnv, SerialEnv, StepCounter, TransformedEnv
+
+from torchrl_gem import EpisodicMemory
+
+
+class FakeCollector:
+    """Collector-like [num_envs, T] batches with random episode lengths."""
+
+    def __init__(self, num_envs=2, obs_dim=3, seed=0, max_len=9, terminate_p=0.5):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.num_envs, self.obs_dim, self.max_len = num_envs, obs_dim, max_len
+        self.terminate_p = terminate_p
+        self.next_id = num_envs
+        self.traj = torch.arange(num_envs)
+        self.step = torch.zeros(num_envs, dtype=torch.long)
+        self.length = self._lengths(num_envs)
+
+    def _lengths(self, n):
+        return torch.randint(1, self.max_len + 1, (n,), generator=self.generator)
+
+    def batch(self, steps):
+        rows = []
+        for env in range(self.num_envs):
+            row = []
+            for _ in range(steps):
+                self.step[env] += 1
+                done = bool(self.step[env] >= self.length[env])
+                terminated = done and bool(
+                    torch.rand((), generator=self.generator) < self.terminate_p
+                )
+                row.append((int(self.traj[env]), int(self.step[env]) - 1, done, terminated))
+                if done:
+                    self.traj[env] = self.next_id
+                    self.next_id += 1
+                    self.step[env] = 0
+                    self.length[env] = self._lengths(1)[0]
+            rows.append(row)
+        traj = torch.tensor([[r[0] for r in row] for row in rows])
+        step = torch.tensor([[r[1] for r in row] for row in rows])
+        done = torch.tensor([[r[2] for r in row] for row in rows]).unsqueeze(-1)
+        terminated = torch.tensor([[r[3] for r in row] for row in rows]).unsqueeze(-1)
+        shape = (self.num_envs, steps)
+        rand = lambda *s: torch.randn(*s, generator=self.generator)  # noqa: E731
+        return TensorDict(
+            observation=rand(*shape, self.obs_dim),
+            action=torch.rand(*shape, 2, generator=self.generator) * 2 - 1,
+            step_count=step.unsqueeze(-1),
+            collector=TensorDict(traj_ids=traj, batch_size=shape),
+            next=TensorDict(
+                observation=rand(*shape, self.obs_dim),
+                reward=rand(*shape, 1),
+                done=done,
+                terminated=terminated,
+                truncated=done & ~terminated,
+                batch_size=shape,
+            ),
+            batch_size=shape,
+        )
+
+
+def stored(memory):
+    """Every stored transition, as one tensordict."""
+    return memory.storage[memory.writer.occupied_slots()]
+
+
+def episodes_in_memory(memory):
+    data = stored(memory)
+    out = {}
+    for traj, step in zip(data["collector", "traj_ids"].tolist(),
+                          data["step_count"].squeeze(-1).tolist(), strict=True):
+        out.setdefault(traj, []).append(step)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_trajectories_survive_batch_and_env_interleaving():
+    memory = EpisodicMemory(capacity=1000)
+    collector = FakeCollector(num_envs=3)
+    for _ in range(6):
+        memory.extend(collector.batch(4))
+    slots, last = memory._ordered_slots()
+    ordered = memory.storage[slots]
+    traj = ordered["collector", "traj_ids"]
+    step = ordered["step_count"].squeeze(-1)
+    # each episode appears as one run, in time order
+    boundaries = torch.zeros_like(traj, dtype=torch.bool)
+    boundaries[last] = True
+    for i in range(len(traj) - 1):
+        if boundaries[i]:
+            assert traj[i + 1] != traj[i]
+        else:
+            assert traj[i + 1] == traj[i] and step[i + 1] == step[i] + 1
+    assert memory.num_episodes == len(traj.unique())
+    assert len(memory) == 6 * 3 * 4
+
+
+def test_refresh_equals_estimator_on_each_whole_trajectory():
+    torch.manual_seed(0)
+    estimator = tiny_loss(policy_noise=0.0).make_value_estimator(gamma=0.9).value_estimator
+    memory = EpisodicMemory(capacity=1000)
+    collector = FakeCollector(num_envs=2, seed=1)
+    batches = [collector.batch(5) for _ in range(8)]
+    for data in batches:
+        memory.extend(data.clone())
+    memory.refresh(estimator)
+    everything = torch.cat([b.reshape(-1) for b in batches])
+    result = stored(memory)
+    for traj in everything["collector", "traj_ids"].unique().tolist():
+        steps = everything[everything["collector", "traj_ids"] == traj]
+        steps = steps[steps["step_count"].squeeze(-1).argsort()]
+        expected = estimator(steps.clone())["memory_return"]  # last step = a cut
+        mine = result[result["collector", "traj_ids"] == traj]
+        mine = mine[mine["step_count"].squeeze(-1).argsort()]
+        torch.testing.assert_close(mine["memory_return"], expected)
+
+
+def test_refresh_writes_in_place():
+    estimator = tiny_loss().make_value_estimator(gamma=0.9).value_estimator
+    memory = EpisodicMemory(capacity=100)
+    memory.extend(FakeCollector().batch(10))
+    column = memory.storage._storage["memory_return"]
+    pointer, size = column.data_ptr(), len(memory)
+    before = column.clone()
+    memory.refresh(estimator)
+    assert memory.storage._storage["memory_return"].data_ptr() == pointer
+    assert len(memory) == size
+    assert not torch.equal(column, before)
+
+
+def test_whole_oldest_episodes_are_evicted_and_capacity_holds():
+    memory = EpisodicMemory(capacity=40)
+    collector = FakeCollector(num_envs=2, seed=3, max_len=12)
+    seen_finished = {}
+    for _ in range(30):
+        data = collector.batch(3)
+        memory.extend(data)
+        flat = data.reshape(-1)
+        for traj, step, done in zip(flat["collector", "traj_ids"].tolist(),
+                                    flat["step_count"].squeeze(-1).tolist(),
+                                    flat["next", "done"].squeeze(-1).tolist(),
+                                    strict=True):
+            if done:
+                seen_finished[traj] = step + 1
+        assert len(memory) <= 40
+        for traj, steps in episodes_in_memory(memory).items():
+            # never a partial episode: a stored episode keeps its first step, and a
+            # finished one all of its steps
+            assert steps == list(range(steps[0], steps[0] + len(steps)))
+            assert steps[0] == 0
+            if traj in seen_finished:
+                assert len(steps) == seen_finished[traj]
+
+
+def test_eviction_removes_the_oldest_first():
+    memory = EpisodicMemory(capacity=10)
+
+    def episode(traj, length):
+        done = torch.zeros(length, 1, dtype=torch.bool)
+        done[-1] = True
+        return TensorDict(
+            observation=torch.zeros(length, 1), step_count=torch.arange(length)[:, None],
+            collector=TensorDict(traj_ids=torch.full((length,), traj)),
+            next=TensorDict(reward=torch.zeros(length, 1), done=done,
+                            terminated=done.clone()),
+            batch_size=[length],
+        )
+
+    memory.extend(episode(0, 4))
+    memory.extend(episode(1, 3))
+    memory.extend(episode(2, 3))
+    memory.extend(episode(3, 2))  # needs 2 slots: episode 0 (4 steps) goes
+    assert sorted(episodes_in_memory(memory)) == [1, 2, 3]
+    memory.extend(episode(4, 5))  # 2 free, needs 3 more: episode 1 goes
+    assert sorted(episodes_in_memory(memory)) == [2, 3, 4]
+    memory.extend(episode(5, 4))  # 1 free, needs 3 more: episode 2 goes, then 3
+    assert sorted(episodes_in_memory(memory)) == [4, 5]
+    with pytest.raises(ValueError, match="capacity"):
+        memory.extend(episode(5, 11))
+
+
+def test_initial_memory_return_is_reward_to_go():
+    memory = EpisodicMemory(capacity=20, gamma=0.5)
+    done = torch.tensor([[False], [True], [False], [False]])
+    data = TensorDict(
+        observation=torch.zeros(4, 1),
+        collector=TensorDict(traj_ids=torch.tensor([0, 0, 1, 1])),
+        next=TensorDict(reward=torch.ones(4, 1), done=done, terminated=done.clone()),
+        batch_size=[4],
+    )
+    memory.extend(data)
+    returns = memory.storage[torch.arange(4)]["memory_return"]
+    assert returns.tolist() == [[1.5, 1.5], [1.0, 1.0], [1.5, 1.5], [1.0, 1.0]]
+
+
+def test_sampling_covers_only_stored_transitions():
+    memory = EpisodicMemory(capacity=10, batch_size=512)
+    collector = FakeCollector(num_envs=1, seed=4)
+    for _ in range(6):
+        memory.extend(collector.batch(4))
+    occupied = set(memory.writer.occupied_slots().tolist())
+    sample = memory.sample()
+    assert set(sample["index"].tolist()) == occupied
+    assert sample["memory_return"].shape == (512, 2)
+
+
+@pytest.mark.parametrize("storage", ["tensor", "memmap"])
+def test_checkpoint_round_trip(tmp_path, storage):
+    estimator = tiny_loss().make_value_estimator(gamma=0.9).value_estimator
+    kwargs = {"capacity": 30, "batch_size": 8, "storage": storage}
+    memory = EpisodicMemory(**kwargs, scratch_dir=tmp_path / "a")
+    collector = FakeCollector(num_envs=2, seed=5)
+    for _ in range(8):
+        memory.extend(collector.batch(3))
+    memory.refresh(estimator)
+    memory.dumps(tmp_path / "dump")
+    restored = EpisodicMemory(**kwargs, scratch_dir=tmp_path / "b")
+    restored.loads(tmp_path / "dump")
+    from_state = EpisodicMemory(**kwargs, scratch_dir=tmp_path / "c")
+    from_state.load_state_dict(memory.state_dict())
+    copies = (memory, restored, from_state)
+    for other in copies[1:]:
+        assert len(other) == len(memory)
+        assert other.num_episodes == memory.num_episodes
+        torch.testing.assert_close(stored(other)["memory_return"],
+                                   stored(memory)["memory_return"])
+    # writing and sampling go on exactly as in the original
+    next_batch = collector.batch(3)
+    slots = [copy.extend(next_batch.clone()) for copy in copies]
+    samples = []
+    for copy in copies:
+        torch.manual_seed(0)
+        samples.append(copy.sample()["observation"])
+    for other_slots, other_sample in zip(slots[1:], samples[1:], strict=True):
+        torch.testing.assert_close(other_slots, slots[0])
+        torch.testing.assert_close(other_sample, samples[0])
+
+
+def test_closed_episodes_do_not_continue_after_a_restart():
+    memory = EpisodicMemory(capacity=50)
+    collector = FakeCollector(num_envs=1, seed=6, max_len=50)
+    memory.extend(collector.batch(5))  # one running episode, id 0
+    memory.close_open_episodes()
+    memory.extend(collector.batch(5))  # a new collector would reuse id 0
+    assert memory.num_episodes == 2
+
+
+def test_bad_input_is_refused_before_writing():
+    memory = EpisodicMemory(capacity=50)
+    data = FakeCollector().batch(4)
+    with pytest.raises(KeyError, match="traj_ids"):
+        memory.extend(data.exclude(("collector", "traj_ids")))
+    data["next", "reward"][1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"'next', 'reward'.*\[1, 2\]"):
+        memory.extend(data)
+    assert len(memory) == 0
+    with pytest.raises(ValueError, match="storage"):
+        EpisodicMemory(storage="disk")
+    with pytest.raises(RuntimeError, match="empty"):
+        EpisodicMemory(batch_size=2).sample()
+
+
+def test_with_a_torchrl_collector_and_two_envs():
+    torch.manual_seed(0)
+
+    def make_env():
+        return TransformedEnv(GymEnv("Pendulum-v1"), StepCounter(max_steps=7))
+
+    env = SerialEnv(2, make_env)
+    env.set_seed(0)
+    collector = Collector(env, None, frames_per_batch=10, total_frames=60)
+    memory = EpisodicMemory(capacity=1000)
+    for data in collector:
+        memory.extend(data)
+    collector.shutdown()
+    # 30 steps per env of 7-step episodes: 4 finished and one running (2 steps) each
+    lengths = sorted(len(v) for v in episodes_in_memory(memory).values())
+    assert lengths == [2, 2] + [7] * 8
+    estimator = tiny_loss(policy_noise=0.0).make_value_estimator(gamma=0.9).value_estimator
+    memory.refresh(estimator)
+    assert stored(memory)["memory_return"].isfinite().all()

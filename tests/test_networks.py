@@ -1,0 +1,66 @@
+"""The reference networks: layer layout, action re-injection, bounds, init."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torch import nn
+from torchrl.data import Bounded
+
+from torchrl_gem import GEMCritic, make_gem_actor, make_gem_critics
+
+
+def test_reference_critic_layout():
+    critic = GEMCritic(11, 3)
+    assert critic.first.in_features == 14 and critic.first.out_features == 400
+    # LayerNorm over the 400 features plus the re-injected action
+    assert critic.first_norm.normalized_shape == (403,)
+    linears = [m for m in critic.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (14, 400), (403, 300), (300, 1)
+    ]
+    assert sum(isinstance(m, nn.LayerNorm) for m in critic.modules()) == 2
+    assert all((m.bias == 0).all() for m in linears)  # Glorot kernels, zero biases
+
+
+def test_action_enters_twice():
+    torch.manual_seed(0)
+    critic = GEMCritic(2, 1, hidden_sizes=(4, 4))
+    obs, action = torch.randn(5, 2), torch.randn(5, 1)
+    with torch.no_grad():
+        critic.first.weight[:, -1] = 0.0  # the input copy of the action is cut off
+    assert not torch.allclose(critic(obs, action), critic(obs, action + 1.0))
+    plain = GEMCritic(2, 1, hidden_sizes=(4, 4), reinject_action=False)
+    with torch.no_grad():
+        plain.first.weight[:, -1] = 0.0
+    torch.testing.assert_close(plain(obs, action), plain(obs, action + 1.0))
+
+
+def test_plain_mlp_option():
+    critic = GEMCritic(11, 3, hidden_sizes=(256, 256), layer_norm=False,
+                       reinject_action=False, init="torch")
+    assert not any(isinstance(m, nn.LayerNorm) for m in critic.modules())
+    assert critic.first_norm.__class__ is nn.Identity
+    assert critic(torch.randn(2, 11), torch.randn(2, 3)).shape == (2, 1)
+
+
+def test_actor_is_rescaled_to_the_spec():
+    spec = Bounded(torch.tensor([-0.4, 0.0]), torch.tensor([0.4, 2.0]), shape=(2,))
+    actor = make_gem_actor(5, spec)
+    out = actor(TensorDict(observation=torch.randn(1000, 5) * 100, batch_size=[1000]))
+    action = out["action"]
+    assert (action[:, 0].abs() <= 0.4).all() and (action[:, 1] >= 0).all()
+    assert (action[:, 1] <= 2.0).all() and action[:, 1].max() > 1.9
+    norms = [m for m in actor.modules() if isinstance(m, nn.LayerNorm)]
+    assert [n.normalized_shape for n in norms] == [(400,), (300,)]
+
+
+def test_critics_are_independent():
+    critics = make_gem_critics(4, 2, num_critics=4)
+    weights = [c.module.first.weight for c in critics]
+    assert all(not torch.equal(weights[0], w) for w in weights[1:])
+    with pytest.raises(ValueError, match="num_critics"):
+        make_gem_critics(4, 2, num_critics=0)
+    with pytest.raises(ValueError, match="init"):
+        GEMCritic(2, 1, init="kaiming")
