@@ -27,8 +27,9 @@ def tiny_critics(num=4, **kwargs):
 
 
 def tiny_loss(**kwargs):
-    return GEMLoss(tiny_actor(), tiny_critics(kwargs.pop("num", 4)), action_spec=SPEC,
-                   **kwargs)
+    return GEMLoss(
+        tiny_actor(), tiny_critics(kwargs.pop("num", 4)), action_spec=SPEC, **kwargs
+    )
 
 
 def trajectory_batch(*batch, generator=None, p_done=0.2, memory_return=False):

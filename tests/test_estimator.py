@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ACT, OBS, SPEC, tiny_actor, tiny_critics, tiny_loss, trajectory_batch
+from conftest import (
+    ACT,
+    OBS,
+    SPEC,
+    tiny_actor,
+    tiny_critics,
+    tiny_loss,
+    trajectory_batch,
+)
 from tensordict import TensorDict
 from torchrl.data import (
     LazyTensorStorage,
@@ -53,8 +61,13 @@ def test_one_step_candidate_is_td3_clipped_double_q_target(policy_noise):
 
 def test_one_step_candidate_equals_torchrl_td3_loss_target():
     torch.manual_seed(0)
-    td3 = TD3Loss(tiny_actor(), tiny_critics(2), action_spec=SPEC, policy_noise=0.3,
-                  noise_clip=0.4)
+    td3 = TD3Loss(
+        tiny_actor(),
+        tiny_critics(2),
+        action_spec=SPEC,
+        policy_noise=0.3,
+        noise_clip=0.4,
+    )
     td3.make_value_estimator(gamma=0.9)
     estimator = TwinBackPropEstimator.for_loss(
         td3, gamma=0.9, max_horizon=1, twin_groups=((0, 1), (0, 1))
@@ -74,12 +87,17 @@ def test_matches_functional_core_on_its_own_values(generator):
     estimator.policy_noise = 0.0  # deterministic, so both calls see equal values
     values = estimator.next_state_value(batch["next"])
     expected = twin_backprop_return(
-        0.95, values, batch["next", "reward"], batch["next", "done"],
+        0.95,
+        values,
+        batch["next", "reward"],
+        batch["next", "done"],
         batch["next", "terminated"],
     )
     out = estimator(batch)
     torch.testing.assert_close(out["memory_return"], expected)
-    torch.testing.assert_close(out["value_target"], expected.min(-1, keepdim=True).values)
+    torch.testing.assert_close(
+        out["value_target"], expected.min(-1, keepdim=True).values
+    )
 
 
 def test_uses_target_parameters_only(generator):
@@ -128,10 +146,13 @@ def test_chunked_equals_unchunked_and_vmap_equals_loop(generator):
     batch = trajectory_batch(4, 9, generator=generator)
     plain = loss.make_value_estimator(gamma=0.9).value_estimator(batch.clone())
     chunked = TwinBackPropEstimator.for_loss(loss, gamma=0.9, value_chunk_size=5)
+    whole = TwinBackPropEstimator.for_loss(loss, gamma=0.9, value_chunk_size=None)
     looped = TwinBackPropEstimator.for_loss(loss, gamma=0.9, deactivate_vmap=True)
-    for other in (chunked, looped):
-        torch.testing.assert_close(other(batch.clone())["memory_return"],
-                                   plain["memory_return"])
+    vmapped = TwinBackPropEstimator.for_loss(loss, gamma=0.9, deactivate_vmap=False)
+    for other in (chunked, whole, looped, vmapped):
+        torch.testing.assert_close(
+            other(batch.clone())["memory_return"], plain["memory_return"]
+        )
 
 
 def test_single_estimator_ablation_uses_min_of_all_critics(generator):
@@ -140,7 +161,9 @@ def test_single_estimator_ablation_uses_min_of_all_critics(generator):
     batch = trajectory_batch(10, generator=generator)
     values = estimator.next_state_value(batch["next"])
     torch.testing.assert_close(values[:, 0], values[:, 1])
-    twin = TwinBackPropEstimator.for_loss(loss, gamma=0.9).next_state_value(batch["next"])
+    twin = TwinBackPropEstimator.for_loss(loss, gamma=0.9).next_state_value(
+        batch["next"]
+    )
     torch.testing.assert_close(values[:, 0], twin.min(-1).values)
     returns = estimator(batch)["memory_return"]
     torch.testing.assert_close(returns[:, 0], returns[:, 1])
@@ -148,11 +171,19 @@ def test_single_estimator_ablation_uses_min_of_all_critics(generator):
 
 def test_discrete_q_networks_take_max_over_actions_of_group_min(generator):
     num_actions = 3
-    nets = [ValueOperator(torch.nn.Linear(OBS, num_actions), in_keys=["observation"],
-                          out_keys=["action_value"]) for _ in range(4)]
+    nets = [
+        ValueOperator(
+            torch.nn.Linear(OBS, num_actions),
+            in_keys=["observation"],
+            out_keys=["action_value"],
+        )
+        for _ in range(4)
+    ]
     params = TensorDict.from_modules(*nets, as_module=True)
     estimator = TwinBackPropEstimator(
-        gamma=0.9, qvalue_network=nets[0], qvalue_params=params,
+        gamma=0.9,
+        qvalue_network=nets[0],
+        qvalue_params=params,
         action_space="discrete",
     )
     estimator.set_keys(value="action_value")
@@ -160,7 +191,10 @@ def test_discrete_q_networks_take_max_over_actions_of_group_min(generator):
     values = estimator.next_state_value(states)
     q = torch.stack([n(states.clone())["action_value"] for n in nets])  # [4, 6, A]
     expected = torch.stack(
-        [q[[0, 1]].min(0).values.max(-1).values, q[[2, 3]].min(0).values.max(-1).values],
+        [
+            q[[0, 1]].min(0).values.max(-1).values,
+            q[[2, 3]].min(0).values.max(-1).values,
+        ],
         -1,
     )
     torch.testing.assert_close(values, expected)
@@ -206,10 +240,10 @@ def test_replay_buffer_transform_on_slice_sampler_slices(buffer_class):
     # comparing slice by slice only where the next slice does not continue it)
     slices = sample.reshape(8, 5).exclude("memory_return", "value_target")
     starts = slices["step_count"][:, 0]
-    follows = (slices["collector", "traj_ids"][1:, 0] == slices["collector",
-                                                              "traj_ids"][:-1, 0]) & (
-        starts[1:] == starts[:-1] + 5
-    )
+    follows = (
+        slices["collector", "traj_ids"][1:, 0]
+        == slices["collector", "traj_ids"][:-1, 0]
+    ) & (starts[1:] == starts[:-1] + 5)
     slices["next", "done"][:, -1] = True
     expected = estimator(slices.clone())["memory_return"]
     isolated = torch.ones(8, dtype=torch.bool)
@@ -226,11 +260,13 @@ def test_value_target_of_torchrl_td3_loss():
     td3 = TD3Loss(tiny_actor(), tiny_critics(4), action_spec=SPEC, num_qvalue_nets=4)
     td3.make_value_estimator(TwinBackPropEstimator.for_loss(td3, gamma=0.9))
     # a memory batch carries memory_return: the target is its min over twins
-    batch = trajectory_batch(16, generator=torch.Generator().manual_seed(5),
-                             memory_return=True)
+    batch = trajectory_batch(
+        16, generator=torch.Generator().manual_seed(5), memory_return=True
+    )
     _, metadata = td3.value_loss(batch.clone())
-    torch.testing.assert_close(metadata["target_value"],
-                               batch["memory_return"].min(-1).values)
+    torch.testing.assert_close(
+        metadata["target_value"], batch["memory_return"].min(-1).values
+    )
     # a slice batch without it: computed along time
     slices = trajectory_batch(4, 6, generator=torch.Generator().manual_seed(6))
     loss_value, metadata = td3.value_loss(slices)
@@ -239,8 +275,9 @@ def test_value_target_of_torchrl_td3_loss():
 
 def test_value_target_of_torchrl_sac_loss():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(OBS, 2 * ACT),
-                              torch.nn.Unflatten(-1, (2, ACT)))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(OBS, 2 * ACT), torch.nn.Unflatten(-1, (2, ACT))
+    )
 
     class Split(torch.nn.Module):
         def forward(self, obs):
@@ -251,18 +288,23 @@ def test_value_target_of_torchrl_sac_loss():
 
     actor = ProbabilisticActor(
         TensorDictModule(Split(), in_keys=["observation"], out_keys=["loc", "scale"]),
-        in_keys=["loc", "scale"], distribution_class=TanhNormal, spec=SPEC,
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+        spec=SPEC,
     )
     sac = SACLoss(actor, tiny_critics(2), num_qvalue_nets=2)
     sac.make_value_estimator(TwinBackPropEstimator.for_loss(sac, gamma=0.9))
-    batch = trajectory_batch(16, generator=torch.Generator().manual_seed(7),
-                             memory_return=True)
+    batch = trajectory_batch(
+        16, generator=torch.Generator().manual_seed(7), memory_return=True
+    )
     out = sac(batch.clone())
     assert out["loss_qvalue"].isfinite()
     # SACLoss regresses on the min of the twin memory returns
     estimator = sac.value_estimator
-    torch.testing.assert_close(estimator.value_estimate(batch),
-                               batch["memory_return"].min(-1, keepdim=True).values)
+    torch.testing.assert_close(
+        estimator.value_estimate(batch),
+        batch["memory_return"].min(-1, keepdim=True).values,
+    )
 
 
 def test_bad_options_raise():

@@ -1,4 +1,4 @@
-"""The twin back-propagation core against a brute-force oracle and hand-computed cases."""
+"""The twin back-propagation core: a brute-force oracle and hand-computed cases."""
 
 from __future__ import annotations
 
@@ -72,7 +72,12 @@ def check_against_oracle(gamma, value, reward, done, terminated, **kwargs):
     result = twin_backprop_return(gamma, value, reward, done, terminated, **kwargs)
     flat = lambda x: x.reshape(-1, *x.shape[-2:])  # noqa: E731
     for v, r, d, term, res in zip(
-        flat(value), flat(reward), flat(done), flat(terminated), flat(result)
+        flat(value),
+        flat(reward),
+        flat(done),
+        flat(terminated),
+        flat(result),
+        strict=True,
     ):
         expected = oracle(
             gamma,
@@ -140,9 +145,9 @@ def test_batch_dims_and_time_dim():
 def test_successive_trajectories_equal_separate_ones():
     generator = torch.Generator().manual_seed(1)
     pieces = [random_case(generator, (), n, p_done=0.0) for n in (5, 1, 9)]
-    for value, reward, done, terminated in pieces:
+    for _, _, done, _ in pieces:
         done[-1] = True
-    joined = [torch.cat(parts) for parts in zip(*pieces)]
+    joined = [torch.cat(parts) for parts in zip(*pieces, strict=True)]
     together = twin_backprop_return(0.99, *joined)
     apart = torch.cat([twin_backprop_return(0.99, *piece) for piece in pieces])
     torch.testing.assert_close(together, apart)

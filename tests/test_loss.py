@@ -13,8 +13,9 @@ from torchrl_gem import GEMLoss, asymmetric_l2
 
 
 def batch(n=16, seed=0):
-    return trajectory_batch(n, generator=torch.Generator().manual_seed(seed),
-                            memory_return=True)
+    return trajectory_batch(
+        n, generator=torch.Generator().manual_seed(seed), memory_return=True
+    )
 
 
 def grads(params):
@@ -33,9 +34,12 @@ def test_gradients_reach_only_their_own_networks(target_assignment, actor_critic
     data = batch()
     loss_actor, _ = loss.actor_loss(data)
     loss_actor.backward()
-    assert all(g is not None and g.abs().sum() > 0 for g in grads(loss.actor_network_params))
-    assert all(g is None or g.abs().sum() == 0
-               for g in grads(loss.qvalue_network_params))
+    assert all(
+        g is not None and g.abs().sum() > 0 for g in grads(loss.actor_network_params)
+    )
+    assert all(
+        g is None or g.abs().sum() == 0 for g in grads(loss.qvalue_network_params)
+    )
     zero_grads(loss)
     loss_value, _ = loss.value_loss(data)
     loss_value.backward()
@@ -51,7 +55,10 @@ def test_forward_outputs_and_priority():
     data = batch()
     out = loss(data)
     assert set(out.keys()) == {
-        "loss_actor", "loss_qvalue", "pred_value", "target_value",
+        "loss_actor",
+        "loss_qvalue",
+        "pred_value",
+        "target_value",
         "state_action_value_actor",
     }
     assert out["pred_value"].shape == (4, 16) and not out["pred_value"].requires_grad
@@ -61,7 +68,8 @@ def test_forward_outputs_and_priority():
     torch.testing.assert_close(data["td_error"], expected)
     # the kwargs path returns the same numbers
     loss_actor, loss_qvalue, *_ = loss(
-        observation=data["observation"], action=data["action"],
+        observation=data["observation"],
+        action=data["action"],
         memory_return=data["memory_return"],
     )
     torch.testing.assert_close(loss_qvalue, out["loss_qvalue"])
@@ -78,8 +86,9 @@ def test_reduction(reduction):
     if reduction == "sum":
         per_sample = tiny_loss(reduction="none")
         per_sample.load_state_dict(loss.state_dict())
-        torch.testing.assert_close(per_sample(batch())["loss_qvalue"].sum(),
-                                   out["loss_qvalue"])
+        torch.testing.assert_close(
+            per_sample(batch())["loss_qvalue"].sum(), out["loss_qvalue"]
+        )
 
 
 def test_set_keys_and_nested_keys():
@@ -100,8 +109,9 @@ def test_state_dict_round_trip():
     loss, other = tiny_loss(), tiny_loss()
     data = batch()
     other.load_state_dict(loss.state_dict())
-    torch.testing.assert_close(other(data.clone())["loss_qvalue"],
-                               loss(data.clone())["loss_qvalue"])
+    torch.testing.assert_close(
+        other(data.clone())["loss_qvalue"], loss(data.clone())["loss_qvalue"]
+    )
     keys = list(loss.state_dict().keys())
     assert len(keys) == len(set(keys))
     assert not any("_value_estimator" in key for key in keys)
@@ -135,8 +145,10 @@ class ConstantCritic(nn.Module):
 
 
 def constant_loss(values, **kwargs):
-    critics = [ValueOperator(ConstantCritic(v), in_keys=["observation", "action"])
-               for v in values]
+    critics = [
+        ValueOperator(ConstantCritic(v), in_keys=["observation", "action"])
+        for v in values
+    ]
     return GEMLoss(tiny_actor(), critics, action_spec=SPEC, **kwargs)
 
 
@@ -152,8 +164,9 @@ def test_hand_computed_critic_loss_broadcast_and_paired():
     value, _ = loss.value_loss(data)
     # critics 0, 1 on column 0: 2 each; critics 2, 3 on column 1: 0.5 each
     assert value.item() == pytest.approx(5.0)
-    loss = constant_loss([0.0, 2.0, 3.0, 5.0], target_assignment="paired",
-                         loss_function="l2")
+    loss = constant_loss(
+        [0.0, 2.0, 3.0, 5.0], target_assignment="paired", loss_function="l2"
+    )
     value, _ = loss.value_loss(data)
     assert value.item() == pytest.approx(1 + 1 + 0 + 4)
 
@@ -240,10 +253,9 @@ def test_soft_update_moves_targets_and_bulk_update_equals_sequential():
     updater = SoftUpdate(sequential, tau=tau)
     for _ in range(steps):
         updater.step()
-    for bulk, seq, online in zip(
+    for bulk, seq in zip(
         loss.target_qvalue_network_params.values(True, True),
         sequential.target_qvalue_network_params.values(True, True),
-        loss.qvalue_network_params.values(True, True),
         strict=True,
     ):
         torch.testing.assert_close(bulk, seq, rtol=1e-4, atol=1e-5)
@@ -276,12 +288,16 @@ def test_prioritized_weights():
 
         PrioritizedSampler(8, alpha=0.7, beta=0.5)
     except Exception as error:  # the compiled extension does not load here
-        pytest.skip(f"prioritized sampler unavailable: torchrl's C++ extension: {error}")
+        pytest.skip(
+            f"prioritized sampler unavailable: torchrl's C++ extension: {error}"
+        )
     loss = tiny_loss(reduction="none")
     data = batch()
     plain = loss(data.clone())["loss_qvalue"]
     data["priority_weight"] = torch.linspace(0.5, 2.0, 16)
-    torch.testing.assert_close(loss(data)["loss_qvalue"], data["priority_weight"] * plain)
+    torch.testing.assert_close(
+        loss(data)["loss_qvalue"], data["priority_weight"] * plain
+    )
 
 
 def test_priority_weight_scales_the_loss():
@@ -300,7 +316,10 @@ def test_reset_parameters_recursive():
     loss.reset_parameters_recursive()
     changed = [
         not torch.equal(a, b)
-        for a, b in zip(before.values(True, True),
-                        loss.qvalue_network_params.values(True, True), strict=True)
+        for a, b in zip(
+            before.values(True, True),
+            loss.qvalue_network_params.values(True, True),
+            strict=True,
+        )
     ]
     assert any(changed)

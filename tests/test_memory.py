@@ -37,7 +37,9 @@ class FakeCollector:
                 terminated = done and bool(
                     torch.rand((), generator=self.generator) < self.terminate_p
                 )
-                row.append((int(self.traj[env]), int(self.step[env]) - 1, done, terminated))
+                row.append(
+                    (int(self.traj[env]), int(self.step[env]) - 1, done, terminated)
+                )
                 if done:
                     self.traj[env] = self.next_id
                     self.next_id += 1
@@ -75,8 +77,11 @@ def stored(memory):
 def episodes_in_memory(memory):
     data = stored(memory)
     out = {}
-    for traj, step in zip(data["collector", "traj_ids"].tolist(),
-                          data["step_count"].squeeze(-1).tolist(), strict=True):
+    for traj, step in zip(
+        data["collector", "traj_ids"].tolist(),
+        data["step_count"].squeeze(-1).tolist(),
+        strict=True,
+    ):
         out.setdefault(traj, []).append(step)
     return {k: sorted(v) for k, v in out.items()}
 
@@ -104,7 +109,9 @@ def test_trajectories_survive_batch_and_env_interleaving():
 
 def test_refresh_equals_estimator_on_each_whole_trajectory():
     torch.manual_seed(0)
-    estimator = tiny_loss(policy_noise=0.0).make_value_estimator(gamma=0.9).value_estimator
+    estimator = (
+        tiny_loss(policy_noise=0.0).make_value_estimator(gamma=0.9).value_estimator
+    )
     memory = EpisodicMemory(capacity=1000)
     collector = FakeCollector(num_envs=2, seed=1)
     batches = [collector.batch(5) for _ in range(8)]
@@ -143,10 +150,12 @@ def test_whole_oldest_episodes_are_evicted_and_capacity_holds():
         data = collector.batch(3)
         memory.extend(data)
         flat = data.reshape(-1)
-        for traj, step, done in zip(flat["collector", "traj_ids"].tolist(),
-                                    flat["step_count"].squeeze(-1).tolist(),
-                                    flat["next", "done"].squeeze(-1).tolist(),
-                                    strict=True):
+        for traj, step, done in zip(
+            flat["collector", "traj_ids"].tolist(),
+            flat["step_count"].squeeze(-1).tolist(),
+            flat["next", "done"].squeeze(-1).tolist(),
+            strict=True,
+        ):
             if done:
                 seen_finished[traj] = step + 1
         assert len(memory) <= 40
@@ -166,10 +175,12 @@ def test_eviction_removes_the_oldest_first():
         done = torch.zeros(length, 1, dtype=torch.bool)
         done[-1] = True
         return TensorDict(
-            observation=torch.zeros(length, 1), step_count=torch.arange(length)[:, None],
+            observation=torch.zeros(length, 1),
+            step_count=torch.arange(length)[:, None],
             collector=TensorDict(traj_ids=torch.full((length,), traj)),
-            next=TensorDict(reward=torch.zeros(length, 1), done=done,
-                            terminated=done.clone()),
+            next=TensorDict(
+                reward=torch.zeros(length, 1), done=done, terminated=done.clone()
+            ),
             batch_size=[length],
         )
 
@@ -229,8 +240,9 @@ def test_checkpoint_round_trip(tmp_path, storage):
     for other in copies[1:]:
         assert len(other) == len(memory)
         assert other.num_episodes == memory.num_episodes
-        torch.testing.assert_close(stored(other)["memory_return"],
-                                   stored(memory)["memory_return"])
+        torch.testing.assert_close(
+            stored(other)["memory_return"], stored(memory)["memory_return"]
+        )
     # writing and sampling go on exactly as in the original
     next_batch = collector.batch(3)
     slots = [copy.extend(next_batch.clone()) for copy in copies]
@@ -283,6 +295,8 @@ def test_with_a_torchrl_collector_and_two_envs():
     # 30 steps per env of 7-step episodes: 4 finished and one running (2 steps) each
     lengths = sorted(len(v) for v in episodes_in_memory(memory).values())
     assert lengths == [2, 2] + [7] * 8
-    estimator = tiny_loss(policy_noise=0.0).make_value_estimator(gamma=0.9).value_estimator
+    estimator = (
+        tiny_loss(policy_noise=0.0).make_value_estimator(gamma=0.9).value_estimator
+    )
     memory.refresh(estimator)
     assert stored(memory)["memory_return"].isfinite().all()

@@ -18,7 +18,9 @@ def test_reference_critic_layout():
     assert critic.first_norm.normalized_shape == (403,)
     linears = [m for m in critic.modules() if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [
-        (14, 400), (403, 300), (300, 1)
+        (14, 400),
+        (403, 300),
+        (300, 1),
     ]
     assert sum(isinstance(m, nn.LayerNorm) for m in critic.modules()) == 2
     assert all((m.bias == 0).all() for m in linears)  # Glorot kernels, zero biases
@@ -38,8 +40,14 @@ def test_action_enters_twice():
 
 
 def test_plain_mlp_option():
-    critic = GEMCritic(11, 3, hidden_sizes=(256, 256), layer_norm=False,
-                       reinject_action=False, init="torch")
+    critic = GEMCritic(
+        11,
+        3,
+        hidden_sizes=(256, 256),
+        layer_norm=False,
+        reinject_action=False,
+        init="torch",
+    )
     assert not any(isinstance(m, nn.LayerNorm) for m in critic.modules())
     assert critic.first_norm.__class__ is nn.Identity
     assert critic(torch.randn(2, 11), torch.randn(2, 3)).shape == (2, 1)

@@ -89,8 +89,12 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         floor (str): see :func:`~torchrl_gem.twin_backprop_return`.
         target_reduction (str): ``"min"`` or ``"mean"`` of the twin columns, the
             single target given to one-target losses. Defaults to ``"min"``.
-        value_chunk_size (int, optional): largest number of states per network call.
-        deactivate_vmap (bool): loop over critics instead of ``torch.vmap``.
+        value_chunk_size (int, optional): largest number of states per network call;
+            ``None`` for one call. Defaults to ``2048`` (fastest measured on CPU for
+            the reference networks; a refresh is a large batched inference).
+        deactivate_vmap (bool, optional): loop over critics instead of
+            ``torch.vmap``. ``None`` (default) loops on CPU, where it measured
+            faster for inference, and uses ``vmap`` on accelerators.
         device (torch.device, optional): unused, accepted for TorchRL compatibility.
 
     Examples:
@@ -101,10 +105,10 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         >>> from torchrl_gem import TwinBackPropEstimator, make_gem_actor
         >>> from torchrl_gem import make_gem_critics
         >>> spec = Bounded(-1.0, 1.0, shape=(2,))
-        >>> loss = TD3Loss(make_gem_actor(3, spec), make_gem_critics(3, 2, num_critics=2),
-        ...                action_spec=spec)
-        >>> loss.make_value_estimator(TwinBackPropEstimator.for_loss(loss, gamma=0.99))
-        TD3Loss()
+        >>> critics = make_gem_critics(3, 2, num_critics=2)
+        >>> loss = TD3Loss(make_gem_actor(3, spec), critics, action_spec=spec)
+        >>> estimator = TwinBackPropEstimator.for_loss(loss, gamma=0.99)
+        >>> _ = loss.make_value_estimator(estimator)  # GEM returns in one line
         >>> T = 5
         >>> batch = TensorDict(
         ...     observation=torch.randn(T, 3), action=torch.rand(T, 2),
@@ -162,8 +166,8 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         zero_tail: bool = False,
         floor: Floor = "own",
         target_reduction: Literal["min", "mean"] = "min",
-        value_chunk_size: int | None = None,
-        deactivate_vmap: bool = False,
+        value_chunk_size: int | None = 2048,
+        deactivate_vmap: bool | None = None,
         device: torch.device | None = None,
     ) -> None:
         super().__init__(
@@ -233,7 +237,6 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             "noise_clip": getattr(loss_module, "noise_clip", 0.0),
             "action_low": getattr(loss_module, "min_action", None),
             "action_high": getattr(loss_module, "max_action", None),
-            "deactivate_vmap": getattr(loss_module, "deactivate_vmap", False),
         }
         if hasattr(loss_module, "twin_groups"):
             defaults["twin_groups"] = loss_module.twin_groups
@@ -353,7 +356,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
 
     @torch.no_grad()
     def next_state_value(self, next_tensordict: TensorDictBase) -> Tensor:
-        """``[*B, 2]`` bootstrap values ``V^k(s')`` of the states in ``next_tensordict``.
+        """``[*B, 2]`` bootstrap values ``V^k(s')`` for ``next_tensordict``.
 
         Network calls are flattened and chunked by ``value_chunk_size``.
         """
@@ -363,6 +366,12 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         )
         values = torch.cat([self._chunk_value(chunk) for chunk in chunks])
         return values.reshape(*next_tensordict.batch_size, 2)
+
+    def _use_vmap(self) -> bool:
+        if self.deactivate_vmap is None:
+            first = next(iter(self.qvalue_params.values(True, True)))
+            return first.device.type != "cpu"
+        return not self.deactivate_vmap
 
     def _chunk_value(self, states: TensorDictBase) -> Tensor:
         keys = self.tensor_keys
@@ -389,7 +398,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             self.qvalue_network,
             self.qvalue_params,
             critic_input,
-            vmap=not self.deactivate_vmap,
+            vmap=self._use_vmap(),
         ).get(keys.value)  # [K, n, 1] or [K, n, num_actions]
         if self.single_estimator:
             groups = [tuple(range(values.shape[0]))] * 2

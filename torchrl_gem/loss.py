@@ -266,7 +266,7 @@ class GEMLoss(LossModule):
         return values.squeeze(-1)
 
     def actor_loss(self, tensordict: TensorDictBase) -> tuple[Tensor, dict]:
-        """``-Q(s, pi(s))`` with the critics frozen: mean of all critics or the first."""
+        """``-Q(s, pi(s))``, critics frozen: the mean of all critics or the first."""
         weights = self._maybe_get_priority_weight(tensordict)
         actor_input = tensordict.select(*self.actor_network.in_keys, strict=True)
         with self.actor_network_params.to_module(

@@ -109,7 +109,7 @@ class EpisodeWriter(Writer):
         return (~occupied).nonzero().squeeze(-1)[:num_new]
 
     def _evict_oldest_episodes(self, occupied: torch.Tensor, missing: int) -> None:
-        """Free the fewest oldest whole episodes that make room for ``missing`` steps."""
+        """Free the fewest oldest whole episodes that leave room for ``missing``."""
         slots = occupied.nonzero().squeeze(-1)
         meta = self._storage[slots]
         episode, stamp = meta.get(EPISODE).cpu(), meta.get(STAMP).cpu()

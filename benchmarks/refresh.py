@@ -1,0 +1,195 @@
+"""Cost of a full memory refresh, against the reference algorithm and the update step.
+
+Builds a memory of 100 episodes x 1000 steps (HalfCheetah-sized: 17-d observations,
+6-d actions) and prints, all measured in this run:
+
+1. the exact O(T) backward scan (``twin_backprop_return``) over all 100k transitions;
+2. the reference algorithm of the released code, re-implemented here: per episode,
+   the (T+1) x (T+1) matrix of every n-step candidate built row by row backwards in
+   float64, a per-row argmax and the cross-evaluation (O(T^2) per episode);
+3. their ratio, and the largest difference between the two results;
+4. a full ``EpisodicMemory.refresh`` (target actor + 4 target critics on all 100k
+   next-states, then the scan) next to 200 gradient steps of ``GEMLoss`` (batch
+   128, actor every 2nd step), the work that follows each refresh in GEM.
+
+Run: ``python benchmarks/refresh.py`` (``--episodes`` and ``--steps`` to resize).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("RL_WARNINGS", "0")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tensordict import TensorDict  # noqa: E402
+from torchrl.data import Bounded  # noqa: E402
+
+from torchrl_gem import (  # noqa: E402
+    EpisodicMemory,
+    GEMLoss,
+    make_gem_actor,
+    make_gem_critics,
+    twin_backprop_return,
+)
+
+OBS_DIM, ACT_DIM, GAMMA = 17, 6, 0.99
+
+
+def reference_episode(values: np.ndarray, rewards: np.ndarray, terminal: bool):
+    """The released code's algorithm for one episode, O(T^2) time and memory.
+
+    As ``EpisodicMemoryTBP.update_memory`` does it (without its zero-tail
+    candidate, to compute this package's default definition): one float64 matrix of
+    every n-step candidate per estimator, each built by a Python loop over rows
+    from the episode's end backwards, then a list comprehension of per-row argmaxes.
+    Row ``t`` holds G^k_t(n) for n = 1 .. T - t: G_t(1) = r_t + gamma b_t and
+    G_t(n) = r_t + gamma G_{t+1}(n - 1). ``values`` [T, 2] are V^k(s_{t+1}).
+    """
+    steps = len(rewards)
+    bootstrap = values.astype(np.float64).copy()
+    if terminal:
+        bootstrap[-1] = 0.0
+    candidates = []
+    for k in (0, 1):
+        candidate = np.full((steps, steps), -np.inf)
+        for t in range(steps - 1, -1, -1):
+            candidate[t, 0] = rewards[t] + GAMMA * bootstrap[t, k]
+            if t + 1 < steps:
+                width = steps - t - 1
+                candidate[t, 1 : width + 1] = (
+                    rewards[t] + GAMMA * candidate[t + 1, :width]
+                )
+        candidates.append(candidate)
+    best = [[int(np.argmax(row)) for row in candidate] for candidate in candidates]
+    out = np.empty((steps, 2))
+    for k in (0, 1):
+        for t in range(steps):
+            # estimator k at the horizon the other picked, floored by its one-step
+            evaluated = candidates[k][t, best[1 - k][t]]
+            out[t, k] = max(evaluated, candidates[k][t, 0])
+    return out
+
+
+def timed(fn, repeat: int) -> tuple[float, object]:
+    """Median wall-clock of ``repeat`` calls (after one warm-up call)."""
+    result = fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), result
+
+
+def build_memory(
+    episodes: int, steps: int, generator: torch.Generator
+) -> EpisodicMemory:
+    total = episodes * steps
+    memory = EpisodicMemory(capacity=total)
+    done = torch.zeros(episodes, steps, 1, dtype=torch.bool)
+    done[:, -1] = True
+    terminated = done & (torch.rand(episodes, 1, 1, generator=generator) < 0.5)
+    memory.extend(
+        TensorDict(
+            observation=torch.randn(episodes, steps, OBS_DIM, generator=generator),
+            action=torch.rand(episodes, steps, ACT_DIM, generator=generator) * 2 - 1,
+            collector=TensorDict(
+                traj_ids=torch.arange(episodes)[:, None].expand(episodes, steps),
+                batch_size=[episodes, steps],
+            ),
+            next=TensorDict(
+                observation=torch.randn(episodes, steps, OBS_DIM, generator=generator),
+                reward=torch.randn(episodes, steps, 1, generator=generator),
+                done=done,
+                terminated=terminated,
+                truncated=done & ~terminated,
+                batch_size=[episodes, steps],
+            ),
+            batch_size=[episodes, steps],
+        )
+    )
+    return memory
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    episodes, steps = args.episodes, args.steps
+    print(
+        f"memory: {episodes} episodes x {steps} steps = {episodes * steps} "
+        f"transitions, obs {OBS_DIM}, action {ACT_DIM}, torch threads "
+        f"{torch.get_num_threads()}"
+    )
+
+    # 1-3: the scan against the reference algorithm, same inputs
+    values = torch.randn(episodes, steps, 2, generator=generator, dtype=torch.float64)
+    rewards = torch.randn(episodes, steps, 1, generator=generator, dtype=torch.float64)
+    done = torch.zeros(episodes, steps, 1, dtype=torch.bool)
+    done[:, -1] = True
+    terminated = done & (torch.rand(episodes, 1, 1, generator=generator) < 0.5)
+    flat = [x.reshape(-1, x.shape[-1]) for x in (values, rewards, done, terminated)]
+    scan_time, scan = timed(lambda: twin_backprop_return(GAMMA, *flat), args.repeat)
+    values_np, rewards_np = values.numpy(), rewards.squeeze(-1).numpy()
+    terminal_np = terminated[:, -1, 0].numpy()
+
+    def reference():
+        return np.concatenate(
+            [
+                reference_episode(values_np[e], rewards_np[e], bool(terminal_np[e]))
+                for e in range(episodes)
+            ]
+        )
+
+    reference_time, reference_out = timed(reference, max(1, args.repeat // 2))
+    difference = np.abs(scan.numpy() - reference_out).max()
+    print(f"scan (O(T), all episodes at once): {scan_time * 1e3:9.1f} ms")
+    print(f"reference (O(T^2) per episode):    {reference_time * 1e3:9.1f} ms")
+    print(
+        f"ratio reference / scan:            {reference_time / scan_time:9.1f} x"
+        f"   (max |difference| {difference:.2e})"
+    )
+
+    # 4: a full refresh against 200 gradient steps
+    spec = Bounded(-1.0, 1.0, shape=(ACT_DIM,))
+    loss = GEMLoss(
+        make_gem_actor(OBS_DIM, spec),
+        make_gem_critics(OBS_DIM, ACT_DIM),
+        action_spec=spec,
+    )
+    estimator = loss.make_value_estimator(gamma=GAMMA).value_estimator
+    memory = build_memory(episodes, steps, generator)
+    refresh_time, _ = timed(lambda: memory.refresh(estimator), args.repeat)
+
+    actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), 3e-4)
+    critic_optim = torch.optim.Adam(loss.qvalue_network_params.values(True, True), 3e-4)
+
+    def gradient_steps(count: int = 200) -> None:
+        for step in range(count):
+            batch = memory.sample(128)
+            critic_loss, _ = loss.value_loss(batch)
+            critic_optim.zero_grad()
+            critic_loss.backward()
+            critic_optim.step()
+            if step % 2:
+                actor_loss, _ = loss.actor_loss(batch)
+                actor_optim.zero_grad()
+                actor_loss.backward()
+                actor_optim.step()
+
+    update_time, _ = timed(gradient_steps, max(1, args.repeat // 2))
+    print(f"full refresh (networks + scan):    {refresh_time * 1e3:9.1f} ms")
+    print(f"200 GEMLoss gradient steps:        {update_time * 1e3:9.1f} ms")
+    print(f"refresh / gradient steps:          {refresh_time / update_time:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
