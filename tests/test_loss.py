@@ -53,7 +53,11 @@ def test_gradients_reach_only_their_own_networks(target_assignment, actor_critic
 def test_forward_outputs_and_priority():
     loss = tiny_loss()
     data = batch()
+    original = data.clone()
     out = loss(data)
+    # entries already in the batch are untouched; only the priority is added
+    assert set(data.keys(True, True)) == set(original.keys(True, True)) | {"td_error"}
+    assert (data.exclude("td_error") == original).all()
     assert set(out.keys()) == {
         "loss_actor",
         "loss_qvalue",

@@ -300,3 +300,16 @@ def test_with_a_torchrl_collector_and_two_envs():
     )
     memory.refresh(estimator)
     assert stored(memory)["memory_return"].isfinite().all()
+
+
+def test_extend_leaves_the_callers_batch_alone_and_refresh_is_timed():
+    from torchrl import timeit
+
+    memory = EpisodicMemory(capacity=100)
+    data = FakeCollector().batch(5)
+    keys = set(data.keys(True, True))
+    memory.extend(data)
+    assert set(data.keys(True, True)) == keys
+    timeit.erase()
+    memory.refresh(tiny_loss().make_value_estimator(gamma=0.9).value_estimator)
+    assert "memory/refresh" in timeit.todict()

@@ -46,6 +46,7 @@ class EpisodeWriter(Writer):
         # Slots are filled lowest-first, so those ever written are [0, high_water);
         # the storage's own length may count allocated but unwritten slots.
         self._high_water = 0
+        self._occupied_cache: torch.Tensor | None = None  # dropped on every change
 
     def add(self, data: Any) -> int:
         raise NotImplementedError("EpisodicMemory is written with extend().")
@@ -65,6 +66,7 @@ class EpisodeWriter(Writer):
         slots = self._free_slots(num_new)
         self._storage.set(slots, data)
         self._high_water = max(self._high_water, int(slots.max()) + 1)
+        self._occupied_cache = None
         return slots
 
     def written(self) -> TensorDictBase:
@@ -75,7 +77,9 @@ class EpisodeWriter(Writer):
         """Indices of the slots that hold a stored transition."""
         if not self._high_water:
             return torch.zeros(0, dtype=torch.long)
-        return self.written().get(OCCUPIED).nonzero().squeeze(-1)
+        if self._occupied_cache is None:
+            self._occupied_cache = self.written().get(OCCUPIED).nonzero().squeeze(-1)
+        return self._occupied_cache
 
     def _episode_ids(self, data: TensorDictBase) -> torch.Tensor:
         trajectory = data.get(self.trajectory_key).reshape(-1)
@@ -121,12 +125,14 @@ class EpisodeWriter(Writer):
         evicted = torch.isin(episode, ids[by_age[:enough]])
         freed = slots[evicted]
         occupied[freed] = False
+        self._occupied_cache = None
         self.written().set_at_(
             OCCUPIED, torch.zeros(len(freed), dtype=torch.bool), freed
         )
 
     def _empty(self, empty_write_count: bool = True) -> None:
         self._next_stamp = self._next_episode = self._high_water = 0
+        self._occupied_cache = None
         self._open.clear()
 
     def state_dict(self) -> dict[str, Any]:
@@ -141,6 +147,7 @@ class EpisodeWriter(Writer):
         self._next_stamp = int(state_dict["next_stamp"])
         self._next_episode = int(state_dict["next_episode"])
         self._high_water = int(state_dict["high_water"])
+        self._occupied_cache = None
         self._open = {int(k): int(v) for k, v in state_dict["open"].items()}
 
     def dumps(self, path) -> None:
@@ -210,7 +217,7 @@ class EpisodicMemory(TensorDictReplayBuffer):
         done_key (NestedKey): Defaults to ``("next", "done")``.
         reward_key (NestedKey): Defaults to ``("next", "reward")``.
         check_finite (sequence of NestedKey): entries checked for NaN/inf on every
-            write. Defaults to observations and rewards.
+            write. Defaults to observations, next observations and rewards.
         transform: optional TorchRL transform, as for any replay buffer.
 
     Examples:
@@ -243,7 +250,11 @@ class EpisodicMemory(TensorDictReplayBuffer):
         memory_return_key: NestedKey = "memory_return",
         done_key: NestedKey = ("next", "done"),
         reward_key: NestedKey = ("next", "reward"),
-        check_finite: tuple[NestedKey, ...] = ("observation", ("next", "reward")),
+        check_finite: tuple[NestedKey, ...] = (
+            "observation",
+            ("next", "observation"),
+            ("next", "reward"),
+        ),
         transform=None,
     ) -> None:
         if capacity < 1:
@@ -272,6 +283,7 @@ class EpisodicMemory(TensorDictReplayBuffer):
     def extend(self, data: TensorDictBase, **kwargs) -> torch.Tensor:
         """Store a ``[T]`` or ``[*B, T]`` batch (time last). Returns the slots."""
         self._validate(data)
+        data = data.copy()  # shallow: the caller's batch is left as it was
         if self.memory_return_key not in data.keys(include_nested=True):
             initial = reward2go(
                 data.get(self.reward_key),
