@@ -115,8 +115,9 @@ class EpisodeWriter(Writer):
     def _evict_oldest_episodes(self, occupied: torch.Tensor, missing: int) -> None:
         """Free the fewest oldest whole episodes that leave room for ``missing``."""
         slots = occupied.nonzero().squeeze(-1)
-        meta = self._storage[slots]
-        episode, stamp = meta.get(EPISODE).cpu(), meta.get(STAMP).cpu()
+        written = self.written()
+        episode = written.get(EPISODE)[slots].cpu()
+        stamp = written.get(STAMP)[slots].cpu()
         ids, inverse, sizes = episode.unique(return_inverse=True, return_counts=True)
         first_stamp = torch.full_like(ids, torch.iinfo(torch.int64).max)
         first_stamp = first_stamp.scatter_reduce(0, inverse, stamp, "amin")
