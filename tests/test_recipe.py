@@ -1,0 +1,414 @@
+"""The MuJoCo recipe end to end on tiny budgets, its trainer hooks, the plot command.
+
+Every training run here is a few hundred frames of Hopper-v5 with 16-unit networks,
+run in-process through ``train(cfg)``; one test drives the command line (Hydra
+overrides, SIGINT) in a subprocess.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("mujoco")
+pytest.importorskip("hydra")
+pytest.importorskip("matplotlib")
+
+from tensordict import TensorDict  # noqa: E402
+from torchrl.data import Bounded  # noqa: E402
+from torchrl.envs import Transform  # noqa: E402
+
+import torchrl_gem.trainer as gem_trainer  # noqa: E402
+from torchrl_gem import GEMLoss, make_gem_actor, make_gem_critics  # noqa: E402
+from torchrl_gem.trainer import BulkTargetUpdateHook, FiniteCheckHook  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ALGOS = ("gem", "td3", "bp", "gem_paired", "td3_tbp")
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = _load("gem_mujoco_recipe", ROOT / "recipes" / "gem_mujoco.py")
+plot = _load("gem_mujoco_plot", ROOT / "recipes" / "plot.py")
+
+
+def tiny(algo: str, run_dir: Path, *extra: str) -> list[str]:
+    """Overrides of a ~1 s run: 400 frames, 16-unit nets, evaluation every 200.
+
+    ``extra`` overrides come last and replace base entries of the same key.
+    """
+    base = [
+        f"algo={algo}",
+        "env.name=Hopper-v5",
+        "env.max_episode_steps=50",  # time-limit truncations happen, too
+        "collector.total_frames=400",
+        "collector.init_random_frames=200",
+        "network.hidden_sizes=[16,16]",
+        f"algos.{algo}.updates_per_batch=4",
+        "optim.batch_size=16",
+        "optim.num_threads=1",
+        "memory.capacity=1000",
+        "logger.eval_interval=200",
+        "logger.eval_episodes=2",
+        "logger.log_interval=0",
+        "logger.progress_bar=false",
+        "logger.plot=false",
+        "checkpoint.interval=0",
+        f"logger.run_dir={run_dir}",
+    ]
+    merged = {item.split("=", 1)[0]: item for item in [*base, *extra]}
+    return list(merged.values())
+
+
+def run(overrides: list[str]) -> dict:
+    return recipe.train(recipe.load_config(overrides))
+
+
+def eval_csv(run_dir: Path) -> str:
+    return (run_dir / "logs" / "scalars" / "eval" / "return_mean.csv").read_text()
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------- smoke
+@pytest.mark.parametrize("algo", ALGOS)
+def test_smoke_run_logs_evaluations(algo, tmp_path):
+    summary = run(tiny(algo, tmp_path))
+    assert summary["status"] == "finished" and summary["frames"] == 400
+    assert [frame for frame, _ in summary["evaluations"]] == [0, 200, 400]
+    rows = [line.split(",") for line in eval_csv(tmp_path).splitlines()]
+    assert [int(step) for step, _ in rows] == [0, 200, 400]
+    assert all(torch.isfinite(torch.tensor(float(value))) for _, value in rows)
+    assert (tmp_path / "logs" / "scalars" / "loss_qvalue.csv").is_file()
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info == {"env": "Hopper-v5", "algo": algo, "seed": 0, "total_frames": 400}
+    assert set(summary["timing"]) >= {"collect", "update", "eval", "checkpoint"}
+    if algo != "td3":
+        assert summary["timing"]["memory refresh"] > 0
+
+
+def test_tensorboard_alongside_csv(tmp_path):
+    pytest.importorskip("tensorboard")
+    run(tiny("gem", tmp_path, "logger.backends=[csv,tensorboard]"))
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert eval_csv(tmp_path).count("\n") == 3
+
+
+def test_seed_changes_the_curve(tmp_path):
+    first = run(tiny("gem", tmp_path / "a", "seed=1"))["evaluations"]
+    second = run(tiny("gem", tmp_path / "b", "seed=2"))["evaluations"]
+    assert first != second
+
+
+# -------------------------------------------------------------------- resume
+@pytest.fixture(scope="module")
+def resumed_runs(tmp_path_factory):
+    """An uninterrupted run, and the same run stopped at frame 300 then resumed."""
+    root = tmp_path_factory.mktemp("resume")
+    straight, split = root / "straight", root / "split"
+    extra = ("collector.total_frames=600",)
+    run(tiny("gem", straight, *extra))
+    stopped = run(tiny("gem", split, *extra, "checkpoint.stop_after=300"))
+    stopped_payload = recipe.read_checkpoint(split / "checkpoints" / "last.pt")
+    shutil.copy(split / "checkpoints" / "last.pt", root / "stopped.pt")
+    resume = f"checkpoint.resume={split / 'checkpoints' / 'last.pt'}"
+    resumed = run(tiny("gem", split, *extra, resume))
+    return {
+        "root": root,
+        "straight": straight,
+        "split": split,
+        "stopped": stopped,
+        "stopped_payload": stopped_payload,
+        "resumed": resumed,
+    }
+
+
+def test_resume_equals_uninterrupted_run(resumed_runs):
+    stopped, resumed = resumed_runs["stopped"], resumed_runs["resumed"]
+    assert stopped["frames"] == 300 and stopped["status"].startswith("stopped")
+    # the interruption fell inside an episode, which then continued exactly
+    assert int(resumed_runs["stopped_payload"]["carrier"]["step_count"]) > 0
+    assert resumed["frames"] == 600
+    straight, split = resumed_runs["straight"], resumed_runs["split"]
+    assert eval_csv(straight) == eval_csv(split)
+    a = recipe.read_checkpoint(straight / "checkpoints" / "last.pt")
+    b = recipe.read_checkpoint(split / "checkpoints" / "last.pt")
+    for key, value in a["trainer"]["loss_module"].items():
+        assert torch.equal(value, b["trainer"]["loss_module"][key]), key
+    optim_a = a["trainer"]["optimization_stepper"]["critic_optimizer"]["state"]
+    optim_b = b["trainer"]["optimization_stepper"]["critic_optimizer"]["state"]
+    for index, state in optim_a.items():
+        assert torch.equal(state["exp_avg_sq"], optim_b[index]["exp_avg_sq"])
+    memory_a = a["trainer"]["replay_buffer"]["replay_buffer"]["_storage"]
+    memory_b = b["trainer"]["replay_buffer"]["replay_buffer"]["_storage"]
+    written = memory_a["_len"]
+    assert written == memory_b["_len"]
+    for key, value in memory_a["_storage"].items():
+        assert torch.equal(value[:written], memory_b["_storage"][key][:written]), key
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert torch.equal(a["env"]["mujoco"], b["env"]["mujoco"])
+
+
+def _resume_overrides(resumed_runs, checkpoint: Path, *extra: str) -> list[str]:
+    return tiny(
+        "gem",
+        resumed_runs["root"] / "refused",
+        "collector.total_frames=600",
+        f"checkpoint.resume={checkpoint}",
+        *extra,
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["env.name=Walker2d-v5"], "env.name: checkpoint has 'Hopper-v5'"),
+        (["algo=bp", "algos.bp.updates_per_batch=4"], "algo: checkpoint has 'gem'"),
+        (["seed=7"], "seed: checkpoint has 0"),
+        (["network.hidden_sizes=[8,8]"], "network.hidden_sizes"),
+    ],
+)
+def test_mismatched_checkpoint_is_refused(resumed_runs, overrides, message):
+    checkpoint = resumed_runs["root"] / "stopped.pt"
+    with pytest.raises(recipe.CheckpointError, match="belongs to another run") as err:
+        run(_resume_overrides(resumed_runs, checkpoint, *overrides))
+    assert message in str(err.value)
+    assert not (resumed_runs["root"] / "refused").exists()  # stopped before any work
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda blob: blob[: len(blob) // 2], "truncated"),
+        (lambda blob: blob[:40], "truncated"),
+        (lambda blob: blob[:-1] + bytes([blob[-1] ^ 1]), "checksum mismatch"),
+        (lambda blob: b"PK\x03\x04" + blob[4:], "not a torchrl-gem"),
+    ],
+)
+def test_damaged_checkpoint_is_refused(resumed_runs, tmp_path, damage, message):
+    blob = (resumed_runs["root"] / "stopped.pt").read_bytes()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(damage(blob))
+    with pytest.raises(recipe.CheckpointError, match=message):
+        run(_resume_overrides(resumed_runs, broken))
+    assert not (resumed_runs["root"] / "refused").exists()
+
+
+# ----------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("env.name=Hoper-v5", "env.name"),
+        ("algo=gemm", "algo"),
+        ("optim.batch_size=5000", "optim.batch_size"),
+        ("collector.total_frames=-100", "collector.total_frames"),
+        ("collector.init_random_frames=-1", "collector.init_random_frames"),
+        ("collector.frames_per_batch=0", "collector.frames_per_batch"),
+        ("memory.capacity=0", "memory.capacity"),
+        ("optim.gamma=1.5", "optim.gamma"),
+        ("gem.asymmetry=0", "gem.asymmetry"),
+        ("logger.eval_interval=0", "logger.eval_interval"),
+        ("logger.backends=[csv,mlflow]", "logger.backends"),
+        ("algos.gem.memory=replay", "algos.gem.memory"),
+        ("algos.gem.num_critics=3", "algos.gem.num_critics"),
+        ("checkpoint.resume=/no/such/checkpoint.pt", "checkpoint.resume"),
+    ],
+)
+def test_config_errors_name_the_field(tmp_path, override, field):
+    with pytest.raises(recipe.ConfigError) as err:
+        run(tiny("gem", tmp_path / "run", override))
+    assert str(err.value).startswith(f"{field}:")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("wandb") is not None, reason="wandb is installed"
+)
+def test_missing_logger_package_is_a_config_error(tmp_path):
+    with pytest.raises(recipe.ConfigError, match="^logger.backends: wandb"):
+        run(tiny("gem", tmp_path / "run", "logger.backends=[csv,wandb]"))
+
+
+def test_unknown_env_suggests_a_name(tmp_path):
+    with pytest.raises(recipe.ConfigError, match="did you mean 'Hopper-v5'"):
+        run(tiny("gem", tmp_path, "env.name=Hoper-v5"))
+
+
+class _NaNRewardAt(Transform):
+    """Replaces the reward of the ``at``-th step (counted over the env's life)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.count = at, 0
+
+    def _step(self, tensordict, next_tensordict):
+        self.count += 1
+        if self.count == self.at:
+            reward = next_tensordict.get("reward")
+            next_tensordict.set("reward", torch.full_like(reward, float("nan")))
+        return next_tensordict
+
+
+def test_nonfinite_env_output_stops_naming_the_step(tmp_path, monkeypatch):
+    make_env = recipe.make_env
+
+    def poisoned(cfg, seed):
+        env = make_env(cfg, seed)
+        if seed == cfg.seed:  # the training env, not the evaluation one
+            env.append_transform(_NaNRewardAt(150))
+        return env
+
+    monkeypatch.setattr(recipe, "make_env", poisoned)
+    with pytest.raises(FloatingPointError, match="'reward'.* environment step 150 "):
+        run(tiny("gem", tmp_path))
+
+
+# ---------------------------------------------------------- command line
+def test_command_line_sigint_checkpoints_then_resumes(tmp_path):
+    run_dir = tmp_path / "cli"
+    overrides = tiny("gem", run_dir, "collector.total_frames=100000", "seed=3")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "recipes" / "gem_mujoco.py"), *overrides],
+        cwd=tmp_path,  # Hydra's own output folder lands here
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        log = run_dir / "logs" / "scalars" / "eval" / "return_mean.csv"
+        deadline = time.monotonic() + 90
+        while not (log.is_file() and len(log.read_text().splitlines()) >= 2):
+            assert process.poll() is None, process.stdout.read().decode()
+            assert time.monotonic() < deadline, "the run did not start in time"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=60)[0].decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGINT, output
+    assert "stopped (SIGINT)" in output and "resume with" in output
+    payload = recipe.read_checkpoint(run_dir / "checkpoints" / "last.pt")
+    frames = payload["frames"]
+    assert 200 <= frames < 100_000
+    assert payload["identity"]["seed"] == 3
+    more = tiny(
+        "gem",
+        run_dir,
+        f"collector.total_frames={frames + 100}",
+        "seed=3",
+        f"checkpoint.resume={run_dir}",  # a run directory resolves to its last.pt
+    )
+    summary = run(more)
+    assert summary["status"] == "finished" and summary["frames"] == frames + 100
+    assert summary["evaluations"][-1][0] == frames + 100
+
+
+# --------------------------------------------------------------------- plot
+def _fake_run(root: Path, env: str, algo: str, seed: int, curve) -> None:
+    run_dir = root / env / algo / f"seed{seed}"
+    scalars = run_dir / "logs" / "scalars" / "eval"
+    scalars.mkdir(parents=True)
+    info = {"env": env, "algo": algo, "seed": seed, "total_frames": 20}
+    (run_dir / "run_info.json").write_text(json.dumps(info))
+    lines = [f"{step},{value}" for step, value in curve]
+    (scalars / "return_mean.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_plot_command_writes_curves_and_table(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _fake_run(runs, "Hopper-v5", "gem", 0, [(0, 1.0), (10, 5.0), (20, 10.0)])
+    _fake_run(runs, "Hopper-v5", "gem", 1, [(0, 3.0), (10, 7.0), (20, 30.0)])
+    # a resumed run may log a frame twice: the last value counts
+    _fake_run(runs, "Hopper-v5", "td3", 0, [(0, 2.0), (10, 4.0), (10, 6.0), (20, 8.0)])
+    _fake_run(runs, "Walker2d-v5", "gem", 0, [(0, 0.0), (20, 50.0)])
+    out = tmp_path / "figs" / "curves.png"
+    plot.main([str(runs / "Hopper-v5"), str(runs / "Walker2d-v5"), "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "| Hopper-v5 | gem | 2 | 20 | 20.0 ± 10.0 |" in table
+    assert "| Hopper-v5 | td3 | 1 | 20 | 8.0 ± 0.0 |" in table
+    assert "| Walker2d-v5 | gem | 1 | 20 | 50.0 ± 0.0 |" in table
+    frames, mean, std = plot.aggregate(
+        plot.collect(plot.find_runs([runs]))[("Hopper-v5", "td3")]
+    )
+    assert (frames, mean, std) == ([0, 10, 20], [2.0, 6.0, 8.0], [0.0, 0.0, 0.0])
+
+
+def test_finished_run_writes_its_plot(tmp_path):
+    summary = run(tiny("gem", tmp_path, "logger.plot=true"))
+    assert Path(summary["plot"]).read_bytes()[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------ trainer hooks
+def test_trainer_hook_docstrings():
+    result = doctest.testmod(gem_trainer, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_bulk_target_update_equals_sequential_polyak_steps():
+    spec = Bounded(-1.0, 1.0, shape=(2,))
+
+    def make():
+        torch.manual_seed(0)
+        return GEMLoss(
+            make_gem_actor(3, spec, hidden_sizes=(8,)),
+            make_gem_critics(3, 2, hidden_sizes=(8,)),
+            action_spec=spec,
+        )
+
+    bulk, sequential = make(), make()
+    for loss in (bulk, sequential):
+        with torch.no_grad():  # move the online nets away from their targets
+            torch.manual_seed(1)
+            loss.actor_network_params.apply(lambda p: p.add_(torch.randn_like(p)))
+            loss.qvalue_network_params.apply(lambda p: p.add_(torch.randn_like(p)))
+    BulkTargetUpdateHook(bulk, tau=0.005, num_updates=200)()
+    one_step = gem_trainer._soft_update(sequential, 0.005)
+    for _ in range(200):
+        one_step.step()
+    for name in ("target_actor_network_params", "target_qvalue_network_params"):
+        got = getattr(bulk, name).flatten_keys()
+        want = getattr(sequential, name).flatten_keys()
+        for key in got.keys():
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
+def test_finite_check_names_env_and_episode_step():
+    observation = torch.zeros(2, 5, 3)
+    observation[1, 3, 0] = float("inf")
+    batch = TensorDict(
+        observation=observation,
+        next=TensorDict(
+            observation=torch.zeros(2, 5, 3),
+            reward=torch.zeros(2, 5, 1),
+            step_count=torch.arange(10).reshape(2, 5, 1),
+        ),
+        batch_size=[2, 5],
+    )
+    with pytest.raises(FloatingPointError) as err:
+        FiniteCheckHook()(batch)
+    assert "'observation' at environment step 8 " in str(err.value)
+    assert "env 1, episode step 8" in str(err.value)

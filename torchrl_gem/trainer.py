@@ -1,0 +1,544 @@
+"""GEM's training schedule as hooks of :class:`torchrl.trainers.Trainer`.
+
+GEM (Hu et al., ICML 2021) trains like TD3 with three changes to the schedule, each a
+hook here so that the algorithm drops into the TorchRL trainer:
+
+- :class:`BulkTargetUpdateHook`: the target networks move once per collected batch,
+  with the weight of ``G`` consecutive Polyak steps, ``1 - (1 - tau)^G``;
+- :class:`MemoryRefreshHook`: the episodic memory recomputes the twin returns of
+  everything it stores before the gradient steps;
+- :class:`DelayedActorStepper`: critic step on every sampled batch, actor step on
+  every ``policy_delay``-th one, with separate optimisers.
+
+Two more hooks are of general use in off-policy recipes: :class:`EvaluationHook`
+(deterministic evaluation every ``N`` frames) and :class:`FiniteCheckHook` (stop on
+NaN/inf coming from the environment, naming the step).
+
+In one collected batch the trainer then runs, in order: ``batch_process`` (finite
+check, memory extend) -> ``pre_optim_steps`` (bulk target update, memory refresh)
+-> ``optim_steps_per_batch`` optimisation steps -> ``post_steps_log`` (evaluation).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from tensordict import NestedKey, TensorDict, TensorDictBase
+from torchrl import timeit
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.objectives import LossModule, SoftUpdate
+from torchrl.objectives.utils import TargetNetUpdater
+from torchrl.trainers import OptimizationStepper, Trainer, TrainerHookBase
+
+__all__ = [
+    "BulkTargetUpdateHook",
+    "DelayedActorStepper",
+    "EvaluationHook",
+    "FiniteCheckHook",
+    "MemoryRefreshHook",
+    "bulk_tau",
+]
+
+
+def bulk_tau(tau: float, num_updates: int) -> float:
+    """Weight of one Polyak step equal to ``num_updates`` steps of weight ``tau``.
+
+    With frozen online parameters, ``num_updates`` updates
+    ``p' <- (1 - tau) p' + tau p`` compose to a single one of weight
+    ``1 - (1 - tau)^num_updates`` (``0.6330`` for GEM's ``tau=0.005``, ``G=200``).
+
+    Examples:
+        >>> round(bulk_tau(0.005, 200), 4)
+        0.633
+    """
+    if not 0.0 < tau <= 1.0:
+        raise ValueError(f"tau must lie in (0, 1], got {tau}.")
+    if num_updates < 1:
+        raise ValueError(f"num_updates must be >= 1, got {num_updates}.")
+    return 1.0 - (1.0 - tau) ** num_updates
+
+
+def _frames(trainer: Trainer | None) -> int:
+    return 0 if trainer is None else int(trainer.collected_frames)
+
+
+class BulkTargetUpdateHook(TrainerHookBase):
+    """One target-network update per collected batch, worth ``num_updates`` steps.
+
+    The released GEM code updates every target network (actor and all critics) once
+    per 100 environment steps, *before* the memory refresh and the 200 gradient steps
+    of that cycle, with weight ``1 - (1 - tau)^200``. This hook steps a
+    :class:`~torchrl.objectives.SoftUpdate` of that weight each time it is called;
+    :meth:`register` places it at ``"pre_optim_steps"``, which the trainer runs once
+    per batch before the optimisation steps. Register it *before* a
+    :class:`MemoryRefreshHook`, so that the refresh sees the updated targets.
+
+    Args:
+        loss_module (LossModule): the loss that owns the target parameters.
+
+    Keyword Args:
+        tau (float): per-step Polyak weight. Defaults to ``0.005``.
+        num_updates (int): how many per-step updates one call stands for, usually
+            the number of gradient steps per batch. Defaults to ``200``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.data import Bounded
+        >>> from torchrl_gem import GEMLoss, make_gem_actor, make_gem_critics
+        >>> spec = Bounded(-1.0, 1.0, shape=(2,))
+        >>> loss = GEMLoss(make_gem_actor(3, spec, hidden_sizes=(8,)),
+        ...                make_gem_critics(3, 2, hidden_sizes=(8,)), action_spec=spec)
+        >>> hook = BulkTargetUpdateHook(loss, tau=0.005, num_updates=200)
+        >>> round(hook.tau, 3)
+        0.633
+        >>> with torch.no_grad():
+        ...     _ = loss.actor_network_params.apply(lambda p: p.add_(1.0))
+        >>> hook()  # trainer.register_op("pre_optim_steps", hook) calls it per batch
+        >>> online = loss.actor_network_params.flatten_keys()
+        >>> target = loss.target_actor_network_params.flatten_keys()
+        >>> key = next(iter(online.keys()))
+        >>> gap = (online[key] - target[key]).abs().max().item()
+        >>> round(gap, 3)  # the target moved 63.3% of the way
+        0.367
+    """
+
+    def __init__(
+        self, loss_module: LossModule, *, tau: float = 0.005, num_updates: int = 200
+    ) -> None:
+        self.tau = bulk_tau(tau, num_updates)
+        self.updater = _soft_update(loss_module, self.tau)
+
+    def __call__(self) -> None:
+        self.updater.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tau": self.tau}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+    def register(self, trainer: Trainer, name: str = "bulk_target_update") -> None:
+        trainer.register_module(name, self)
+        trainer.register_op("pre_optim_steps", self)
+
+
+class MemoryRefreshHook(TrainerHookBase):
+    """Refresh an episodic memory's returns every ``interval`` collected frames.
+
+    Calls ``memory.refresh(estimator)``: with an
+    :class:`~torchrl_gem.EpisodicMemory` and a
+    :class:`~torchrl_gem.TwinBackPropEstimator` this recomputes the twin
+    back-propagated return of every stored transition with the current target
+    networks. :meth:`register` places it at ``"pre_optim_steps"``: once per collected
+    batch, after warm-up, before the optimisation steps that read the returns. The
+    first call always refreshes; later calls refresh when at least ``interval``
+    frames were collected since the last refresh.
+
+    Args:
+        memory: any object with a ``refresh(estimator)`` method.
+        estimator: the value estimator passed to ``refresh``; usually
+            ``loss.value_estimator``.
+
+    Keyword Args:
+        interval (int): frames between two refreshes. Defaults to ``100`` (the
+            released code's ``train_freq``).
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded
+        >>> from torchrl_gem import EpisodicMemory, GEMLoss
+        >>> from torchrl_gem import make_gem_actor, make_gem_critics
+        >>> spec = Bounded(-1.0, 1.0, shape=(2,))
+        >>> loss = GEMLoss(make_gem_actor(3, spec, hidden_sizes=(8,)),
+        ...                make_gem_critics(3, 2, hidden_sizes=(8,)), action_spec=spec)
+        >>> _ = loss.make_value_estimator(gamma=0.99)
+        >>> memory = EpisodicMemory(capacity=100, batch_size=4)
+        >>> T = 5
+        >>> _ = memory.extend(TensorDict(
+        ...     observation=torch.randn(T, 3), action=torch.rand(T, 2),
+        ...     collector=TensorDict(traj_ids=torch.zeros(T, dtype=torch.long)),
+        ...     next=TensorDict(observation=torch.randn(T, 3), reward=torch.ones(T, 1),
+        ...                     done=torch.zeros(T, 1, dtype=torch.bool),
+        ...                     terminated=torch.zeros(T, 1, dtype=torch.bool)),
+        ...     batch_size=[T]))
+        >>> hook = MemoryRefreshHook(memory, loss.value_estimator, interval=100)
+        >>> hook()  # standalone: refreshes; in a Trainer it runs per batch
+        >>> hook.num_refreshes
+        1
+    """
+
+    def __init__(self, memory, estimator, *, interval: int = 100) -> None:
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1 frame, got {interval}.")
+        self.memory = memory
+        self.estimator = estimator
+        self.interval = int(interval)
+        self.last_refresh: int | None = None
+        self.num_refreshes = 0
+        self._trainer: Trainer | None = None
+
+    def __call__(self) -> None:
+        frames = _frames(self._trainer)
+        if self.last_refresh is not None and frames - self.last_refresh < self.interval:
+            return
+        self.memory.refresh(self.estimator)
+        self.last_refresh = frames
+        self.num_refreshes += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_refresh": self.last_refresh, "num_refreshes": self.num_refreshes}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_refresh = state_dict["last_refresh"]
+        self.num_refreshes = int(state_dict["num_refreshes"])
+
+    def register(self, trainer: Trainer, name: str = "memory_refresh") -> None:
+        self._trainer = trainer
+        trainer.register_module(name, self)
+        trainer.register_op("pre_optim_steps", self)
+
+
+class DelayedActorStepper(OptimizationStepper):
+    """TD3-style optimisation step: critics every step, actor every ``policy_delay``.
+
+    Each :meth:`step` takes one critic step on the sampled batch; every
+    ``policy_delay``-th step (the first, then every ``policy_delay``) it then takes an
+    actor step on the *same* batch, against the critics just updated, and steps
+    ``target_updater`` if one is given (TD3's per-actor-step Polyak update; leave it
+    out when a :class:`BulkTargetUpdateHook` moves the targets). The losses come from
+    ``trainer.compute_loss(batch, method=...)``, so any loss with separate critic
+    and actor methods returning ``(loss, metadata)`` works:
+    :class:`~torchrl_gem.GEMLoss`, :class:`~torchrl.objectives.TD3Loss`.
+
+    Returns ``loss_qvalue`` and ``loss_actor`` (the latest actor loss, so that the
+    trainer's running average always sees both keys). Each step is timed under
+    ``timeit("update")``. Pass it to the trainer as ``optimization_stepper=``; it then
+    lands in ``trainer.state_dict()`` with both optimiser states and its step count.
+
+    Args:
+        actor_optimizer (torch.optim.Optimizer): optimiser of the actor parameters.
+        critic_optimizer (torch.optim.Optimizer): optimiser of the critic parameters.
+
+    Keyword Args:
+        policy_delay (int): critic steps per actor step. Defaults to ``2``.
+        target_updater (TargetNetUpdater, optional): stepped after each actor step.
+        critic_method (str): loss method of the critic loss. Defaults to
+            ``"value_loss"``.
+        actor_method (str): loss method of the actor loss. Defaults to
+            ``"actor_loss"``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import Bounded
+        >>> from torchrl_gem import GEMLoss, make_gem_actor, make_gem_critics
+        >>> spec = Bounded(-1.0, 1.0, shape=(2,))
+        >>> loss = GEMLoss(make_gem_actor(3, spec, hidden_sizes=(8,)),
+        ...                make_gem_critics(3, 2, hidden_sizes=(8,)), action_spec=spec)
+        >>> stepper = DelayedActorStepper(
+        ...     torch.optim.Adam(loss.actor_network_params.values(True, True)),
+        ...     torch.optim.Adam(loss.qvalue_network_params.values(True, True)),
+        ...     policy_delay=2)
+        >>> class Host:  # the part of a Trainer the stepper uses
+        ...     def compute_loss(self, batch, method):
+        ...         return getattr(loss, method)(batch)
+        >>> batch = TensorDict(observation=torch.randn(8, 3), action=torch.rand(8, 2),
+        ...                    memory_return=torch.randn(8, 2), batch_size=[8])
+        >>> sorted(stepper.step(Host(), batch).keys())
+        ['loss_actor', 'loss_qvalue']
+        >>> _ = stepper.step(Host(), batch)
+        >>> stepper.num_steps, stepper.num_actor_steps
+        (2, 1)
+    """
+
+    def __init__(
+        self,
+        actor_optimizer: torch.optim.Optimizer,
+        critic_optimizer: torch.optim.Optimizer,
+        *,
+        policy_delay: int = 2,
+        target_updater: TargetNetUpdater | None = None,
+        critic_method: str = "value_loss",
+        actor_method: str = "actor_loss",
+    ) -> None:
+        if policy_delay < 1:
+            raise ValueError(f"policy_delay must be >= 1, got {policy_delay}.")
+        self.actor_optimizer = actor_optimizer
+        self.critic_optimizer = critic_optimizer
+        self.policy_delay = int(policy_delay)
+        self.target_updater = target_updater
+        self.critic_method = critic_method
+        self.actor_method = actor_method
+        self.num_steps = 0
+        self.num_actor_steps = 0
+        self._last_actor_loss = torch.full((), float("nan"))
+
+    def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
+        with timeit("update"):
+            critic_loss, _ = trainer.compute_loss(sub_batch, method=self.critic_method)
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            self.critic_optimizer.step()
+            if self.num_steps % self.policy_delay == 0:
+                actor_loss, _ = trainer.compute_loss(
+                    sub_batch, method=self.actor_method
+                )
+                self.actor_optimizer.zero_grad(set_to_none=True)
+                actor_loss.backward()
+                self.actor_optimizer.step()
+                if self.target_updater is not None:
+                    self.target_updater.step()
+                self._last_actor_loss = actor_loss.detach()
+                self.num_actor_steps += 1
+            self.num_steps += 1
+            return TensorDict(
+                loss_qvalue=critic_loss.detach(), loss_actor=self._last_actor_loss
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "num_steps": self.num_steps,
+            "num_actor_steps": self.num_actor_steps,
+            "last_actor_loss": self._last_actor_loss.clone(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.actor_optimizer.load_state_dict(state_dict["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state_dict["critic_optimizer"])
+        self.num_steps = int(state_dict["num_steps"])
+        self.num_actor_steps = int(state_dict["num_actor_steps"])
+        self._last_actor_loss = state_dict["last_actor_loss"].clone()
+
+
+class EvaluationHook(TrainerHookBase):
+    """Evaluate a policy without exploration every ``interval`` collected frames.
+
+    Runs ``num_episodes`` complete episodes on ``env`` with
+    ``ExplorationType.DETERMINISTIC`` (so an
+    :class:`~torchrl.modules.AdditiveGaussianModule` adds no noise), under
+    ``torch.no_grad()`` and ``timeit("eval")``, and logs the mean and population std
+    of the undiscounted returns and the mean episode length at the current frame
+    count (``"<prefix>/return_mean"``, ``"<prefix>/return_std"``,
+    ``"<prefix>/episode_length"``) through ``logger`` (default: the trainer's).
+
+    With ``seed`` set, the environment is re-seeded before every evaluation, so all
+    evaluations start from the same initial states: curves compare like with like,
+    and the hook draws no random numbers that a resumed run would have to restore.
+    With ``at_start`` it evaluates once before training (frame 0); with ``at_end``
+    once more on the last batch if that is not on the interval.
+
+    Args:
+        env (EnvBase): the evaluation environment (separate from the training one).
+        policy (Callable): the policy; the deterministic actor or the exploration
+            policy (noise is switched off).
+
+    Keyword Args:
+        interval (int): frames between evaluations. Defaults to ``10_000``.
+        num_episodes (int): episodes per evaluation. Defaults to ``10``.
+        max_steps (int): step cap per episode. Defaults to ``1000``.
+        seed (int, optional): seed applied before each evaluation.
+        at_start (bool): evaluate before training. Defaults to ``True``.
+        at_end (bool): evaluate at the end of training. Defaults to ``True``.
+        logger (Logger, optional): where to log; defaults to ``trainer.logger``.
+        prefix (str): metric name prefix. Defaults to ``"eval"``.
+
+    Examples:
+        >>> from torchrl.envs import GymEnv
+        >>> from torchrl.envs.utils import RandomPolicy
+        >>> env = GymEnv("Pendulum-v1")
+        >>> hook = EvaluationHook(env, RandomPolicy(env.action_spec), num_episodes=2,
+        ...                       max_steps=20, seed=0)
+        >>> result = hook.evaluate()  # in a Trainer: hook.register(trainer)
+        >>> sorted(result)
+        ['episode_length', 'return_mean', 'return_std']
+        >>> result["episode_length"]
+        20.0
+    """
+
+    def __init__(
+        self,
+        env: EnvBase,
+        policy: Callable[[TensorDictBase], TensorDictBase],
+        *,
+        interval: int = 10_000,
+        num_episodes: int = 10,
+        max_steps: int = 1000,
+        seed: int | None = None,
+        at_start: bool = True,
+        at_end: bool = True,
+        logger=None,
+        prefix: str = "eval",
+    ) -> None:
+        if interval < 1:
+            raise ValueError(f"interval must be >= 1 frame, got {interval}.")
+        if num_episodes < 1:
+            raise ValueError(f"num_episodes must be >= 1, got {num_episodes}.")
+        self.env = env
+        self.policy = policy
+        self.interval = int(interval)
+        self.num_episodes = int(num_episodes)
+        self.max_steps = int(max_steps)
+        self.seed = seed
+        self.at_start = at_start
+        self.at_end = at_end
+        self.logger = logger
+        self.prefix = prefix
+        self.history: list[tuple[int, float]] = []  # (frame, mean return)
+        self._trainer: Trainer | None = None
+
+    @property
+    def last_return(self) -> float | None:
+        """Mean return of the latest evaluation, ``None`` before the first."""
+        return self.history[-1][1] if self.history else None
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Run the episodes now and return their statistics (nothing is logged)."""
+        returns, lengths = [], []
+        with timeit("eval"), set_exploration_type(ExplorationType.DETERMINISTIC):
+            if self.seed is not None:
+                self.env.set_seed(self.seed)
+            for _ in range(self.num_episodes):
+                rollout = self.env.rollout(
+                    self.max_steps, self.policy, break_when_any_done=True
+                )
+                returns.append(rollout.get(("next", "reward")).sum().item())
+                lengths.append(float(rollout.shape[-1]))
+        returns = torch.tensor(returns, dtype=torch.float64)
+        return {
+            "return_mean": returns.mean().item(),
+            "return_std": returns.std(correction=0).item(),
+            "episode_length": sum(lengths) / len(lengths),
+        }
+
+    def _run(self) -> None:
+        frames = _frames(self._trainer)
+        result = self.evaluate()
+        self.history.append((frames, result["return_mean"]))
+        logger = self.logger
+        if logger is None and self._trainer is not None:
+            logger = self._trainer.logger
+        if logger is not None:
+            logger.log_metrics(
+                {f"{self.prefix}/{key}": value for key, value in result.items()},
+                step=frames,
+            )
+
+    def setup(self) -> None:
+        """Evaluate before training (once per run, not again after a resume)."""
+        if self.at_start and not self.history:
+            self._run()
+
+    def __call__(self, batch: TensorDictBase | None = None) -> None:
+        frames = _frames(self._trainer)
+        last = self.history[-1][0] if self.history else -1
+        due = frames // self.interval > max(last, 0) // self.interval
+        if self.at_end and self._trainer is not None:
+            due = due or (frames >= self._trainer.total_frames and last != frames)
+        if due:
+            self._run()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [list(item) for item in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [(int(f), float(r)) for f, r in state_dict["history"]]
+
+    def register(self, trainer: Trainer, name: str = "evaluation") -> None:
+        self._trainer = trainer
+        trainer.register_module(name, self)
+        trainer.register_op("setup", self.setup)
+        trainer.register_op("post_steps_log", self)
+
+
+class FiniteCheckHook(TrainerHookBase):
+    """Stop with an error naming the step when the environment returns NaN or inf.
+
+    Checks ``keys`` of every collected batch (``[*B, T]``, time last) before anything
+    stores it, and raises :class:`FloatingPointError` with the key, the global
+    environment step (frames collected before the batch plus the step's position
+    in it) and, when a ``StepCounter`` is present, the step within its episode.
+    :meth:`register` places it first at ``"batch_process"``; register it before a
+    replay-buffer hook.
+
+    Keyword Args:
+        keys (sequence of NestedKey): entries to check. Defaults to the observation,
+            the next observation and the reward.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> check = FiniteCheckHook()
+        >>> reward = torch.zeros(4, 1)
+        >>> reward[2] = float("nan")
+        >>> batch = TensorDict(observation=torch.zeros(4, 3),
+        ...                    next=TensorDict(observation=torch.zeros(4, 3),
+        ...                                    reward=reward), batch_size=[4])
+        >>> try:
+        ...     check(batch)
+        ... except FloatingPointError as err:
+        ...     print(str(err).split(" (step")[0])
+        The environment returned a non-finite ('next', 'reward') at environment step 3
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[NestedKey] = (
+            "observation",
+            ("next", "observation"),
+            ("next", "reward"),
+        ),
+    ) -> None:
+        self.keys = tuple(keys)
+        self._trainer: Trainer | None = None
+
+    def __call__(self, batch: TensorDictBase) -> TensorDictBase:
+        for key in self.keys:
+            value = batch.get(key, None)
+            if value is None or bool(torch.isfinite(value).all()):
+                continue
+            bad = ~torch.isfinite(value.reshape(*batch.batch_size, -1)).all(-1)
+            position = bad.nonzero()[0].tolist()  # first bad (env, ..., time)
+            time, num_steps = position[-1], batch.batch_size[-1]
+            num_envs = max(1, batch.numel() // num_steps)
+            env_index = 0
+            for size, index in zip(batch.batch_size[:-1], position[:-1], strict=True):
+                env_index = env_index * size + index
+            frames = _frames(self._trainer)
+            step = frames + time * num_envs + env_index + 1
+            where = f"step {time + 1} of the batch collected after {frames} frames"
+            if batch.ndim > 1:
+                where += f", env {env_index}"
+            count = batch.get(("next", "step_count"), None)
+            if count is not None:
+                where += f", episode step {int(count[tuple(position)].max())}"
+            raise FloatingPointError(
+                f"The environment returned a non-finite {key!r} at environment step "
+                f"{step} ({where})."
+            )
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+    def register(self, trainer: Trainer, name: str = "finite_check") -> None:
+        self._trainer = trainer
+        trainer.register_module(name, self)
+        trainer.register_op("batch_process", self)
+
+
+def _soft_update(loss_module: LossModule, tau: float) -> SoftUpdate:
+    """A SoftUpdate of weight ``tau`` (TorchRL warns below eps=0.5; bulk is meant)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Found an eps value < 0.5")
+        return SoftUpdate(loss_module, tau=tau)
