@@ -131,6 +131,23 @@ def test_ties_on_integer_data_match_oracle(max_horizon, zero_tail):
     )
 
 
+def test_a_horizon_longer_than_every_trajectory_takes_the_scan(monkeypatch):
+    import torchrl_gem.functional as functional
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the O(T * H) path ran")
+
+    generator = torch.Generator().manual_seed(6)
+    value, reward, done, terminated = random_case(generator, (), 300, p_done=0.0)
+    done[9::10] = True  # 30 trajectories of 10 steps in one long sequence
+    expected = twin_backprop_return(0.9, value, reward, done, terminated)
+    monkeypatch.setattr(functional, "_horizon_limited", fail)
+    result = twin_backprop_return(0.9, value, reward, done, terminated, max_horizon=10)
+    torch.testing.assert_close(result, expected)
+    with pytest.raises(AssertionError, match="O\\(T"):
+        twin_backprop_return(0.9, value, reward, done, terminated, max_horizon=9)
+
+
 def test_batch_dims_and_time_dim():
     generator = torch.Generator().manual_seed(0)
     value, reward, done, terminated = random_case(generator, (2, 3), 11)

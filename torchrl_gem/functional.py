@@ -97,9 +97,11 @@ def twin_backprop_return(
     terminated = terminated.transpose(time_dim, -2)
     done[..., -1, :] = True  # the last index is always a trajectory end (a cut)
     bootstrap = value * (~terminated).to(dtype)
-    num_steps = value.shape[-2]
-    if max_horizon is None or max_horizon >= num_steps + int(zero_tail):
-        selected = _scan(gamma, bootstrap, reward, done, zero_tail)
+    ends = done.reshape(-1).nonzero().squeeze(-1)  # rows are separated by the cut
+    lengths = torch.diff(ends, prepend=ends.new_full((1,), -1))
+    # the scan is exact whenever the horizon cap removes no candidate
+    if max_horizon is None or max_horizon >= int(lengths.max()) + int(zero_tail):
+        selected = _scan(gamma, bootstrap, reward, ends, lengths, zero_tail)
     else:
         selected = _horizon_limited(
             gamma, bootstrap, reward, done, max_horizon, zero_tail
@@ -113,7 +115,12 @@ def twin_backprop_return(
 
 
 def _scan(
-    gamma: float, bootstrap: Tensor, reward: Tensor, done: Tensor, zero_tail: bool
+    gamma: float,
+    bootstrap: Tensor,
+    reward: Tensor,
+    ends: Tensor,
+    lengths: Tensor,
+    zero_tail: bool,
 ) -> Tensor:
     """Exact O(T) backward scan over the unbounded horizon.
 
@@ -129,9 +136,6 @@ def _scan(
     per-step end masks, vectorised over all trajectories.
     """
     features = bootstrap.shape[-1]
-    flat_done = done.reshape(-1)
-    ends = flat_done.nonzero().squeeze(-1)
-    lengths = torch.diff(ends, prepend=ends.new_full((1,), -1))
     longest = int(lengths.max())
     trajectory = torch.repeat_interleave(
         torch.arange(len(ends), device=ends.device), lengths
@@ -140,7 +144,7 @@ def _scan(
     column = (
         longest
         - 1
-        - (ends[trajectory] - torch.arange(len(flat_done), device=ends.device))
+        - (ends[trajectory] - torch.arange(len(trajectory), device=ends.device))
     )
     # time-major [L, E, F] blocks, so that each step reads contiguous rows
     flat_index = column * len(ends) + trajectory
