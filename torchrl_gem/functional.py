@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -154,23 +155,24 @@ def _scan(
         [flat_bootstrap, flat_bootstrap.flip(-1), reward.reshape(-1, 1)], -1
     )
     packed = packed.view(longest, len(ends), 2 * features + 1)
-    bootstraps = packed[..., :features].unbind(0)
-    others = packed[..., features:-1].unbind(0)
-    rewards = packed[..., -1:].unbind(0)
+    # The loop is bound by per-operation overhead, which is lower in NumPy on CPU.
+    xp = np if packed.device.type == "cpu" else torch
+    blocks = packed.numpy() if xp is np else packed
+    bootstraps = list(blocks[..., :features])
+    others = list(blocks[..., features:-1])
+    rewards = list(blocks[..., -1:])
     # best[:, k]: best candidate of selector k; evaluated[:, k]: the other
     # estimator's value on that same horizon. Both start at the zero tail or -inf.
-    best = packed.new_full((len(ends), features), 0.0 if zero_tail else -math.inf)
-    evaluated = best.clone()
+    best = xp.full_like(bootstraps[0], 0.0 if zero_tail else -math.inf)
+    evaluated = best
     outputs = []
     for t in range(longest - 1, -1, -1):
         # n = 1 wins ties (b >= best continuation); a -inf continuation always loses.
         take_one_step = bootstraps[t] >= best
-        best = torch.add(rewards[t], torch.maximum(bootstraps[t], best), alpha=gamma)
-        evaluated = torch.add(
-            rewards[t], torch.where(take_one_step, others[t], evaluated), alpha=gamma
-        )
+        best = rewards[t] + gamma * xp.maximum(bootstraps[t], best)
+        evaluated = rewards[t] + gamma * xp.where(take_one_step, others[t], evaluated)
         outputs.append(evaluated)
-    outputs = torch.cat(outputs[::-1])
+    outputs = torch.as_tensor(xp.concatenate(outputs[::-1]), device=packed.device)
     return outputs[flat_index].reshape(bootstrap.shape)
 
 
