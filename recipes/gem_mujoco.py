@@ -31,15 +31,11 @@ picks an entry of its ``algos`` table (gem, td3, bp, gem_paired, td3_tbp).
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib.util
-import io
 import json
 import math
 import os
 import random
-import signal
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -49,7 +45,7 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDict
 from tensordict.nn import TensorDictSequential
 from torchrl import timeit
 from torchrl.collectors import Collector
@@ -75,7 +71,6 @@ from torchrl.trainers import (
     LogTiming,
     ReplayBufferTrainer,
     Trainer,
-    TrainerHookBase,
 )
 from torchrl.trainers.trainers import UpdateWeights
 
@@ -86,12 +81,25 @@ from torchrl_gem import (
     make_gem_actor,
     make_gem_critics,
 )
+from torchrl_gem.checkpoint import (
+    CheckpointError,
+    CheckpointHook,
+    StopSignal,
+    capture_env_state,
+    read_checkpoint,
+    restore_env_state,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
 from torchrl_gem.trainer import (
     BulkTargetUpdateHook,
     DelayedActorStepper,
+    EpisodeStats,
     EvaluationHook,
     FiniteCheckHook,
     MemoryRefreshHook,
+    ProgressBar,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -340,57 +348,6 @@ def action_half_range(env: TransformedEnv, name: str) -> tuple[Bounded, torch.Te
     return spec, (spec.space.high - spec.space.low) / 2
 
 
-# Exact resume. TorchRL's Collector.load_state_dict restores its counters but starts
-# a fresh episode, since a runtime env state is not serialisable in general. For
-# MuJoCo it is: mj_getState(mjSTATE_INTEGRATION) holds everything the next mj_step
-# reads (time, qpos, qvel, act, warm-start accelerations, controls, applied forces),
-# Gymnasium's TimeLimit holds the step count of the running episode and the env's
-# np_random draws the noise of the next reset. Saving those three, plus the
-# collector's carrier (current observation, StepCounter/RewardSum entries and the
-# trajectory id the memory knows the running episode by), continues the episode
-# bit for bit. Other envs resume approximately: a fresh episode, the stored partial
-# one treated as cut.
-def capture_env_state(env: TransformedEnv) -> dict[str, Any] | None:
-    """The MuJoCo env's full state, or ``None`` for other environments."""
-    gym_env = env.base_env._env
-    core = gym_env.unwrapped
-    if not (hasattr(core, "model") and hasattr(core, "data")):
-        return None
-    import mujoco
-
-    spec = mujoco.mjtState.mjSTATE_INTEGRATION
-    state = np.empty(mujoco.mj_stateSize(core.model, spec))
-    mujoco.mj_getState(core.model, core.data, state, spec)
-    elapsed = [getattr(w, "_elapsed_steps", None) for w in _wrappers(gym_env)]
-    return {
-        "mujoco": torch.from_numpy(state),
-        "elapsed_steps": elapsed,
-        "np_random": core.np_random.bit_generator.state,
-    }
-
-
-def restore_env_state(env: TransformedEnv, state: dict[str, Any]) -> None:
-    import mujoco
-
-    gym_env = env.base_env._env
-    core = gym_env.unwrapped
-    spec = mujoco.mjtState.mjSTATE_INTEGRATION
-    mujoco.mj_setState(core.model, core.data, state["mujoco"].numpy(), spec)
-    for wrapper, elapsed in zip(
-        _wrappers(gym_env), state["elapsed_steps"], strict=True
-    ):
-        if elapsed is not None:
-            wrapper._elapsed_steps = elapsed
-    core.np_random.bit_generator.state = state["np_random"]
-
-
-def _wrappers(gym_env) -> list:
-    chain = [gym_env]
-    while hasattr(chain[-1], "env"):
-        chain.append(chain[-1].env)
-    return chain
-
-
 # ---------------------------------------------------------------------------
 # Agent: networks, losses, memory
 # ---------------------------------------------------------------------------
@@ -569,13 +526,9 @@ def make_logger(cfg: DictConfig, run_dir: Path):
 
 
 # ---------------------------------------------------------------------------
-# Checkpoints: one self-checking file, written atomically
+# Checkpoints (file format and hooks: torchrl_gem.checkpoint): what must match
 # ---------------------------------------------------------------------------
-MAGIC = b"TORCHRL-GEM-CHECKPOINT-1\n"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used by this run; nothing has been loaded."""
+CHECKPOINT_KEYS = ("identity", "run_dir", "frames", "trainer", "env", "carrier", "rng")
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
@@ -586,50 +539,6 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
         path.is_file(), "checkpoint.resume", f"no checkpoint file at {str(path)!r}"
     )
     return path
-
-
-def write_checkpoint(path: Path, payload: dict) -> None:
-    """``MAGIC | sha256 | length | torch.save(payload)``, via a temporary file."""
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    data = buffer.getvalue()
-    header = MAGIC + hashlib.sha256(data).digest() + len(data).to_bytes(8, "little")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as file:
-        file.write(header + data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-
-
-def read_checkpoint(path: Path) -> dict:
-    """Read and verify a checkpoint; raises CheckpointError on any damage."""
-    blob = path.read_bytes()
-    if not blob.startswith(MAGIC):
-        raise CheckpointError(f"{path} is not a torchrl-gem recipe checkpoint.")
-    start = len(MAGIC) + 32 + 8
-    if len(blob) < start:
-        raise CheckpointError(f"{path} is truncated (header incomplete).")
-    digest = blob[len(MAGIC) : len(MAGIC) + 32]
-    length = int.from_bytes(blob[len(MAGIC) + 32 : start], "little")
-    data = blob[start:]
-    if len(data) != length:
-        raise CheckpointError(
-            f"{path} is truncated or corrupt: {len(data)} payload bytes, "
-            f"{length} expected."
-        )
-    if hashlib.sha256(data).digest() != digest:
-        raise CheckpointError(f"{path} is corrupt: checksum mismatch.")
-    try:
-        payload = torch.load(io.BytesIO(data), weights_only=True)
-    except Exception as err:  # noqa: BLE001 - reported as an unusable checkpoint
-        raise CheckpointError(f"{path} cannot be read: {err}") from err
-    missing = {"identity", "run_dir", "frames", "trainer", "env", "carrier", "rng"}
-    missing -= set(payload) if isinstance(payload, dict) else set()
-    if missing:
-        raise CheckpointError(f"{path} lacks {sorted(missing)}.")
-    return payload
 
 
 def run_identity(cfg: DictConfig, preset: DictConfig) -> dict[str, Any]:
@@ -710,170 +619,9 @@ def check_structure(path: Path, payload: dict, trainer: Trainer, env) -> None:
         )
 
 
-def rng_state() -> dict[str, Any]:
-    numpy_state = np.random.get_state(legacy=False)
-    numpy_state["state"]["key"] = torch.from_numpy(numpy_state["state"]["key"].copy())
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": numpy_state,
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    numpy_state = dict(state["numpy"])
-    numpy_state["state"] = dict(numpy_state["state"])
-    numpy_state["state"]["key"] = numpy_state["state"]["key"].numpy()
-    np.random.set_state(numpy_state)
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-
-
-class CheckpointHook(TrainerHookBase):
-    """Save periodically, at the end, and (then stop) on a signal or ``stop_after``.
-
-    Registered last at ``"post_steps_log"``, so a checkpoint is the state between two
-    batches, evaluation included.
-    """
-
-    def __init__(self, save, *, interval: int, stop_after: int | None, stop_signal):
-        self.save = save
-        self.interval = interval
-        self.stop_after = stop_after
-        self.stop_signal = stop_signal
-        self.last_save = 0
-        self.path: Path | None = None
-        self.stopped_by: str | None = None
-        self._trainer: Trainer | None = None
-
-    def __call__(self, batch: TensorDictBase | None = None) -> None:
-        trainer = self._trainer
-        frames = trainer.collected_frames
-        stop = None
-        if self.stop_signal.signum is not None:
-            stop = signal.Signals(self.stop_signal.signum).name
-        elif self.stop_after is not None and frames >= self.stop_after:
-            stop = f"checkpoint.stop_after={self.stop_after}"
-        periodic = (
-            self.interval and frames // self.interval > self.last_save // self.interval
-        )
-        if stop or periodic or frames >= trainer.total_frames:
-            self.last_save = frames
-            with timeit("checkpoint"):
-                self.path = self.save()
-        if stop and frames < trainer.total_frames:
-            self.stopped_by = stop
-            trainer.request_stop(stop)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"last_save": self.last_save}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last_save = int(state_dict["last_save"])
-
-    def register(self, trainer: Trainer, name: str = "checkpoint") -> None:
-        self._trainer = trainer
-        trainer.register_module(name, self)
-        trainer.register_op("post_steps_log", self)
-
-
-class StopSignal:
-    """SIGINT/SIGTERM set a flag (the run stops after the batch, checkpointed).
-
-    A second signal interrupts at once.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        print(
-            f"\n{signal.Signals(signum).name} received: stopping after this batch "
-            "with a checkpoint (send it again to stop now)."
-        )
-
-    def __enter__(self) -> StopSignal:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
 # ---------------------------------------------------------------------------
 # Progress and summary
 # ---------------------------------------------------------------------------
-class EpisodeStats(TrainerHookBase):
-    """Returns of the training episodes that ended in each batch (``pre_steps_log``)."""
-
-    def __init__(self) -> None:
-        self.last_return: float | None = None
-        self.episodes = 0
-
-    def __call__(self, batch: TensorDictBase) -> dict[str, float] | None:
-        done = batch.get(("next", "done")).squeeze(-1)
-        if not bool(done.any()):
-            return None
-        returns = batch.get(("next", "episode_reward")).squeeze(-1)[done]
-        self.last_return = returns[-1].item()
-        self.episodes += returns.numel()
-        return {"train/episode_return": returns.mean().item()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"last_return": self.last_return, "episodes": self.episodes}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last_return = state_dict["last_return"]
-        self.episodes = int(state_dict["episodes"])
-
-    def register(self, trainer: Trainer, name: str = "episode_stats") -> None:
-        trainer.register_module(name, self)
-        trainer.register_op("pre_steps_log", self)
-
-
-class ProgressBar:
-    """tqdm bar: frames, frames/s, last training episode return, last evaluation."""
-
-    def __init__(
-        self, trainer: Trainer, stats: EpisodeStats, evaluation, enabled: bool
-    ):
-        self.trainer, self.stats, self.evaluation = trainer, stats, evaluation
-        self.enabled = enabled
-        self.bar = None
-
-    def start(self) -> None:
-        if self.enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=self.trainer.total_frames,
-                initial=self.trainer.collected_frames,
-                unit="frame",
-                dynamic_ncols=True,
-            )
-
-    def __call__(self, batch: TensorDictBase | None = None) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(self.trainer.collected_frames - self.bar.n)
-        postfix = {}
-        if self.stats.last_return is not None:
-            postfix["ep_return"] = f"{self.stats.last_return:.1f}"
-        if self.evaluation.last_return is not None:
-            postfix["eval"] = f"{self.evaluation.last_return:.1f}"
-        self.bar.set_postfix(postfix, refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 TIMERS = (
@@ -1002,7 +750,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resumed = None
     if cfg.checkpoint.resume is not None:
         path = resolve_checkpoint_path(cfg.checkpoint.resume)
-        resumed = read_checkpoint(path)
+        resumed = read_checkpoint(path, required=CHECKPOINT_KEYS)
         check_identity(path, resumed["identity"], identity)
 
     torch.set_num_threads(cfg.optim.num_threads or len(os.sched_getaffinity(0)))

@@ -10,9 +10,10 @@ hook here so that the algorithm drops into the TorchRL trainer:
 - :class:`DelayedActorStepper`: critic step on every sampled batch, actor step on
   every ``policy_delay``-th one, with separate optimisers.
 
-Two more hooks are of general use in off-policy recipes: :class:`EvaluationHook`
-(deterministic evaluation every ``N`` frames) and :class:`FiniteCheckHook` (stop on
-NaN/inf coming from the environment, naming the step).
+More pieces of general use in off-policy recipes: :class:`EvaluationHook`
+(deterministic evaluation every ``N`` frames), :class:`FiniteCheckHook` (stop on
+NaN/inf coming from the environment, naming the step), :class:`EpisodeStats`
+(returns of the finished training episodes) and :class:`ProgressBar` (tqdm).
 
 In one collected batch the trainer then runs, in order: ``batch_process`` (finite
 check, memory extend) -> ``pre_optim_steps`` (bulk target update, memory refresh)
@@ -37,9 +38,11 @@ from torchrl.trainers import OptimizationStepper, Trainer, TrainerHookBase
 __all__ = [
     "BulkTargetUpdateHook",
     "DelayedActorStepper",
+    "EpisodeStats",
     "EvaluationHook",
     "FiniteCheckHook",
     "MemoryRefreshHook",
+    "ProgressBar",
     "bulk_tau",
 ]
 
@@ -535,6 +538,71 @@ class FiniteCheckHook(TrainerHookBase):
         self._trainer = trainer
         trainer.register_module(name, self)
         trainer.register_op("batch_process", self)
+
+
+class EpisodeStats(TrainerHookBase):
+    """Returns of the training episodes that ended in each batch (``pre_steps_log``)."""
+
+    def __init__(self) -> None:
+        self.last_return: float | None = None
+        self.episodes = 0
+
+    def __call__(self, batch: TensorDictBase) -> dict[str, float] | None:
+        done = batch.get(("next", "done")).squeeze(-1)
+        if not bool(done.any()):
+            return None
+        returns = batch.get(("next", "episode_reward")).squeeze(-1)[done]
+        self.last_return = returns[-1].item()
+        self.episodes += returns.numel()
+        return {"train/episode_return": returns.mean().item()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_return": self.last_return, "episodes": self.episodes}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_return = state_dict["last_return"]
+        self.episodes = int(state_dict["episodes"])
+
+    def register(self, trainer: Trainer, name: str = "episode_stats") -> None:
+        trainer.register_module(name, self)
+        trainer.register_op("pre_steps_log", self)
+
+
+class ProgressBar:
+    """tqdm bar: frames, frames/s, last training episode return, last evaluation."""
+
+    def __init__(
+        self, trainer: Trainer, stats: EpisodeStats, evaluation, enabled: bool
+    ):
+        self.trainer, self.stats, self.evaluation = trainer, stats, evaluation
+        self.enabled = enabled
+        self.bar = None
+
+    def start(self) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=self.trainer.total_frames,
+                initial=self.trainer.collected_frames,
+                unit="frame",
+                dynamic_ncols=True,
+            )
+
+    def __call__(self, batch: TensorDictBase | None = None) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(self.trainer.collected_frames - self.bar.n)
+        postfix = {}
+        if self.stats.last_return is not None:
+            postfix["ep_return"] = f"{self.stats.last_return:.1f}"
+        if self.evaluation.last_return is not None:
+            postfix["eval"] = f"{self.evaluation.last_return:.1f}"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _soft_update(loss_module: LossModule, tau: float) -> SoftUpdate:

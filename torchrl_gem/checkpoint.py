@@ -1,0 +1,251 @@
+"""Interruptible runs: self-checking checkpoint files, RNG and MuJoCo states, a hook.
+
+- :func:`write_checkpoint` / :func:`read_checkpoint`: one file per checkpoint,
+  ``MAGIC | sha256 | length | torch.save(payload)``, written atomically; a damaged
+  or foreign file raises :class:`CheckpointError` before anything is loaded.
+- :func:`rng_state` / :func:`set_rng_state`: torch, NumPy and Python generators.
+- :func:`capture_env_state` / :func:`restore_env_state`: the exact state of a
+  Gymnasium MuJoCo environment wrapped by TorchRL's ``GymEnv``.
+- :class:`StopSignal` and :class:`CheckpointHook`: a :class:`torchrl.trainers.Trainer`
+  hook that saves periodically, at the end and on SIGINT/SIGTERM, then stops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import signal
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tensordict import TensorDictBase
+from torchrl import timeit
+from torchrl._utils import logger as torchrl_logger
+from torchrl.envs import EnvBase, TransformedEnv
+from torchrl.trainers import Trainer, TrainerHookBase
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointHook",
+    "StopSignal",
+    "capture_env_state",
+    "read_checkpoint",
+    "restore_env_state",
+    "rng_state",
+    "set_rng_state",
+    "write_checkpoint",
+]
+
+MAGIC = b"TORCHRL-GEM-CHECKPOINT-1\n"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used by this run; nothing has been loaded."""
+
+
+def write_checkpoint(path: Path, payload: dict) -> None:
+    """``MAGIC | sha256 | length | torch.save(payload)``, via a temporary file."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    header = MAGIC + hashlib.sha256(data).digest() + len(data).to_bytes(8, "little")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as file:
+        file.write(header + data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path, required: Iterable[str] = ()) -> dict:
+    """Read and verify a checkpoint written by :func:`write_checkpoint`.
+
+    Raises :class:`CheckpointError` on any damage (foreign file, truncation,
+    checksum mismatch, unreadable payload) or when a ``required`` key is missing.
+    """
+    blob = path.read_bytes()
+    if not blob.startswith(MAGIC):
+        raise CheckpointError(f"{path} is not a torchrl-gem checkpoint.")
+    start = len(MAGIC) + 32 + 8
+    if len(blob) < start:
+        raise CheckpointError(f"{path} is truncated (header incomplete).")
+    digest = blob[len(MAGIC) : len(MAGIC) + 32]
+    length = int.from_bytes(blob[len(MAGIC) + 32 : start], "little")
+    data = blob[start:]
+    if len(data) != length:
+        raise CheckpointError(
+            f"{path} is truncated or corrupt: {len(data)} payload bytes, "
+            f"{length} expected."
+        )
+    if hashlib.sha256(data).digest() != digest:
+        raise CheckpointError(f"{path} is corrupt: checksum mismatch.")
+    try:
+        payload = torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as err:  # noqa: BLE001 - reported as an unusable checkpoint
+        raise CheckpointError(f"{path} cannot be read: {err}") from err
+    missing = set(required) - (set(payload) if isinstance(payload, dict) else set())
+    if missing:
+        raise CheckpointError(f"{path} lacks {sorted(missing)}.")
+    return payload
+
+
+def rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = torch.from_numpy(numpy_state["state"]["key"].copy())
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": numpy_state,
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = dict(state["numpy"])
+    numpy_state["state"] = dict(numpy_state["state"])
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].numpy()
+    np.random.set_state(numpy_state)
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+
+
+# Exact resume. TorchRL's Collector.load_state_dict restores its counters but starts
+# a fresh episode, since a runtime env state is not serialisable in general. For
+# MuJoCo it is: mj_getState(mjSTATE_INTEGRATION) holds everything the next mj_step
+# reads (time, qpos, qvel, act, warm-start accelerations, controls, applied forces),
+# Gymnasium's TimeLimit holds the step count of the running episode and the env's
+# np_random draws the noise of the next reset. Saving those three, plus the
+# collector's carrier (current observation, StepCounter/RewardSum entries and the
+# trajectory id the memory knows the running episode by), continues the episode
+# bit for bit. Other envs resume approximately: a fresh episode, the stored partial
+# one treated as cut.
+def capture_env_state(env: EnvBase) -> dict[str, Any] | None:
+    """The MuJoCo env's full state, or ``None`` for other environments."""
+    gym_env = _gym_env(env)
+    core = gym_env.unwrapped
+    if not (hasattr(core, "model") and hasattr(core, "data")):
+        return None
+    import mujoco
+
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    state = np.empty(mujoco.mj_stateSize(core.model, spec))
+    mujoco.mj_getState(core.model, core.data, state, spec)
+    elapsed = [getattr(w, "_elapsed_steps", None) for w in _wrappers(gym_env)]
+    return {
+        "mujoco": torch.from_numpy(state),
+        "elapsed_steps": elapsed,
+        "np_random": core.np_random.bit_generator.state,
+    }
+
+
+def restore_env_state(env: EnvBase, state: dict[str, Any]) -> None:
+    import mujoco
+
+    gym_env = _gym_env(env)
+    core = gym_env.unwrapped
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    mujoco.mj_setState(core.model, core.data, state["mujoco"].numpy(), spec)
+    for wrapper, elapsed in zip(
+        _wrappers(gym_env), state["elapsed_steps"], strict=True
+    ):
+        if elapsed is not None:
+            wrapper._elapsed_steps = elapsed
+    core.np_random.bit_generator.state = state["np_random"]
+
+
+def _gym_env(env):
+    """The Gymnasium env inside a TorchRL ``GymEnv``, transformed or not."""
+    base = env.base_env if isinstance(env, TransformedEnv) else env
+    return base._env
+
+
+def _wrappers(gym_env) -> list:
+    chain = [gym_env]
+    while hasattr(chain[-1], "env"):
+        chain.append(chain[-1].env)
+    return chain
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set a flag (the run stops after the batch, checkpointed).
+
+    A second signal interrupts at once.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        torchrl_logger.warning(
+            f"{signal.Signals(signum).name} received: stopping after this batch "
+            "with a checkpoint (send it again to stop now)."
+        )
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class CheckpointHook(TrainerHookBase):
+    """Save periodically, at the end, and (then stop) on a signal or ``stop_after``.
+
+    Registered last at ``"post_steps_log"``, so a checkpoint is the state between two
+    batches, evaluation included.
+    """
+
+    def __init__(self, save, *, interval: int, stop_after: int | None, stop_signal):
+        self.save = save
+        self.interval = interval
+        self.stop_after = stop_after
+        self.stop_signal = stop_signal
+        self.last_save = 0
+        self.path: Path | None = None
+        self.stopped_by: str | None = None
+        self._trainer: Trainer | None = None
+
+    def __call__(self, batch: TensorDictBase | None = None) -> None:
+        trainer = self._trainer
+        frames = trainer.collected_frames
+        stop = None
+        if self.stop_signal.signum is not None:
+            stop = signal.Signals(self.stop_signal.signum).name
+        elif self.stop_after is not None and frames >= self.stop_after:
+            stop = f"checkpoint.stop_after={self.stop_after}"
+        periodic = (
+            self.interval and frames // self.interval > self.last_save // self.interval
+        )
+        if stop or periodic or frames >= trainer.total_frames:
+            self.last_save = frames
+            with timeit("checkpoint"):
+                self.path = self.save()
+        if stop and frames < trainer.total_frames:
+            self.stopped_by = stop
+            trainer.request_stop(stop)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_save": self.last_save}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_save = int(state_dict["last_save"])
+
+    def register(self, trainer: Trainer, name: str = "checkpoint") -> None:
+        self._trainer = trainer
+        trainer.register_module(name, self)
+        trainer.register_op("post_steps_log", self)
