@@ -16,7 +16,7 @@ from torchrl.objectives.utils import register_value_estimator
 from torchrl.objectives.value import ValueEstimatorBase
 
 from torchrl_gem._ensemble import call_ensemble
-from torchrl_gem.functional import Floor, twin_backprop_return
+from torchrl_gem.functional import Floor, check_return_options, twin_backprop_return
 
 __all__ = ["GEMEstimators", "TwinBackPropEstimator", "default_twin_groups"]
 
@@ -179,16 +179,19 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         num_critics = qvalue_params.batch_size[0] if qvalue_params.ndim else 0
         if twin_groups is None:
             twin_groups = default_twin_groups(num_critics)
-        _check_options(
-            gamma,
-            twin_groups,
-            num_critics,
-            action_space,
-            actor_network,
-            target_reduction,
-            max_horizon,
-            floor,
-        )
+        check_return_options(gamma, max_horizon, floor)
+        check_twin_groups(twin_groups, num_critics)
+        if action_space not in ("continuous", "discrete"):
+            raise ValueError(
+                "action_space must be 'continuous' or 'discrete', got "
+                f"{action_space!r}."
+            )
+        if action_space == "continuous" and actor_network is None:
+            raise ValueError("action_space='continuous' needs an actor_network.")
+        if target_reduction not in ("min", "mean"):
+            raise ValueError(
+                f"target_reduction must be 'min' or 'mean', got {target_reduction!r}."
+            )
         self.gamma = float(gamma)
         self.twin_groups = tuple(tuple(int(i) for i in group) for group in twin_groups)
         self.single_estimator = single_estimator
@@ -410,18 +413,8 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         return torch.cat(columns, -1)
 
 
-def _check_options(
-    gamma,
-    twin_groups,
-    num_critics,
-    action_space,
-    actor_network,
-    target_reduction,
-    max_horizon,
-    floor,
-) -> None:
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"gamma must lie in [0, 1], got {gamma}.")
+def check_twin_groups(twin_groups, num_critics: int) -> None:
+    """Two non-empty groups of critic indices, each in ``range(num_critics)``."""
     if len(twin_groups) != 2 or not all(len(group) for group in twin_groups):
         raise ValueError(
             f"twin_groups must be two non-empty groups of critic indices, got "
@@ -434,17 +427,3 @@ def _check_options(
                     f"twin_groups index {index} is out of range for {num_critics} "
                     "critics."
                 )
-    if action_space not in ("continuous", "discrete"):
-        raise ValueError(
-            f"action_space must be 'continuous' or 'discrete', got {action_space!r}."
-        )
-    if action_space == "continuous" and actor_network is None:
-        raise ValueError("action_space='continuous' needs an actor_network.")
-    if target_reduction not in ("min", "mean"):
-        raise ValueError(
-            f"target_reduction must be 'min' or 'mean', got {target_reduction!r}."
-        )
-    if max_horizon is not None and max_horizon < 1:
-        raise ValueError(f"max_horizon must be None or >= 1, got {max_horizon}.")
-    if floor not in ("own", "selector"):
-        raise ValueError(f"floor must be 'own' or 'selector', got {floor!r}.")

@@ -231,8 +231,6 @@ def _check_inputs(
     max_horizon: int | None,
     floor: str,
 ) -> None:
-    if not 0.0 <= float(gamma) <= 1.0:
-        raise ValueError(f"gamma must lie in [0, 1], got {gamma}.")
     if next_state_value.ndim < 2 or next_state_value.shape[-1] != 2:
         raise ValueError(
             "next_state_value must have shape [*B, T, 2] (one column per twin "
@@ -256,6 +254,13 @@ def _check_inputs(
     for name, tensor in (("done", done), ("terminated", terminated)):
         if tensor.dtype != torch.bool:
             raise ValueError(f"{name} must be a bool tensor, got {tensor.dtype}.")
+    check_return_options(gamma, max_horizon, floor)
+
+
+def check_return_options(gamma: float, max_horizon: int | None, floor: str) -> None:
+    """Validate the scalar options of :func:`twin_backprop_return`."""
+    if not 0.0 <= float(gamma) <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}.")
     if max_horizon is not None and max_horizon < 1:
         raise ValueError(f"max_horizon must be None or >= 1, got {max_horizon}.")
     if floor not in ("own", "selector"):

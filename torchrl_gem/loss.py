@@ -18,7 +18,7 @@ from torchrl_gem._ensemble import call_ensemble
 from torchrl_gem.estimator import (
     GEMEstimators,
     TwinBackPropEstimator,
-    _check_options,
+    check_twin_groups,
     default_twin_groups,
 )
 
@@ -174,16 +174,7 @@ class GEMLoss(LossModule):
             num_qvalue_nets = len(qvalue_network)
         if twin_groups is None:
             twin_groups = default_twin_groups(num_qvalue_nets)
-        _check_options(
-            0.0,
-            twin_groups,
-            num_qvalue_nets,
-            "continuous",
-            actor_network,
-            "min",
-            None,
-            "own",
-        )
+        check_twin_groups(twin_groups, num_qvalue_nets)
         self.twin_groups = tuple(tuple(int(i) for i in group) for group in twin_groups)
         _check_choice("target_assignment", target_assignment, ("broadcast", "paired"))
         _check_choice("loss_function", loss_function, ("asymmetric_l2", "l2"))
