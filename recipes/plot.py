@@ -96,6 +96,7 @@ def plot_groups(groups: dict, out: Path, metric: str = METRIC) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
     tasks = sorted({task for task, _ in groups})
     columns = min(3, len(tasks))
@@ -114,6 +115,7 @@ def plot_groups(groups: dict, out: Path, metric: str = METRIC) -> Path:
             ax.fill_between(frames, low, high, color=line.get_color(), alpha=0.2)
         ax.set_title(task)
         ax.set_xlabel("environment frames")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 20k, 1M: no overlap
         ax.set_ylabel("evaluation return" if metric == METRIC else metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
