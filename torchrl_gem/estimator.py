@@ -58,7 +58,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
     - a sample-time transform of a replay buffer that samples ``SliceSampler`` slices
       (wrap it in :class:`~torchrl_gem.TwinBackPropTransform`); the horizon is then
       truncated at the slice ends;
-    - the value estimator of another loss (``TD3Loss``, ``SACLoss``, ``DDPGLoss``):
+    - the value estimator of another twin-critic loss (``TD3Loss``, ``SACLoss``):
       ``loss.make_value_estimator(TwinBackPropEstimator.for_loss(loss, gamma=0.99))``.
       :meth:`value_estimate` reads ``memory_return`` from the batch when present
       (batches from an :class:`~torchrl_gem.EpisodicMemory`), else computes it along
@@ -216,9 +216,11 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         Works with any loss that exposes TorchRL's usual attributes
         (``qvalue_network`` and ``target_qvalue_network_params``, and for continuous
         actions ``actor_network`` and ``target_actor_network_params``):
-        :class:`~torchrl_gem.GEMLoss`, ``TD3Loss``, ``SACLoss``, ``DDPGLoss``-like
-        losses. The loss's smoothing noise, action bounds, twin groups and keys are
-        picked up; ``hyperparams`` override them.
+        :class:`~torchrl_gem.GEMLoss`, ``TD3Loss``, ``SACLoss``. The loss's
+        smoothing noise, action bounds, twin groups and keys are picked up;
+        ``hyperparams`` override them. (A one-critic loss such as ``DDPGLoss``
+        names its critic ``value_network``: build the estimator explicitly there,
+        with ``single_estimator=True``.)
         """
         if not hasattr(loss_module, "qvalue_network"):
             raise ValueError(
@@ -306,7 +308,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         next_value: Tensor | None = None,
         **kwargs,
     ) -> Tensor:
-        """The single target ``[*B, 1]`` for one-target losses (TD3, SAC, DDPG).
+        """The single target ``[*B, 1]`` for one-target losses (TD3, SAC).
 
         Uses the batch's ``memory_return`` when present, else computes it along the
         batch's last dimension (trajectory slices). ``next_value`` is ignored: the
