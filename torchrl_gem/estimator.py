@@ -220,7 +220,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         smoothing noise, action bounds, twin groups and keys are picked up;
         ``hyperparams`` override them. (A one-critic loss such as ``DDPGLoss``
         names its critic ``value_network``: build the estimator explicitly there,
-        with ``single_estimator=True``.)
+        with ``twin_groups=((0,), (0,))``.)
         """
         if not hasattr(loss_module, "qvalue_network"):
             raise ValueError(
