@@ -302,7 +302,7 @@ class EpisodicMemory(TensorDictReplayBuffer):
     @property
     def num_episodes(self) -> int:
         """Number of stored trajectories (finished or running)."""
-        return len(self._ordered_slots()[1]) if len(self) else 0
+        return int(self._ordered_slots()[1].sum()) if len(self) else 0
 
     def close_open_episodes(self) -> None:
         """Treat every running episode as cut: call it after restarting a collector."""
@@ -322,18 +322,16 @@ class EpisodicMemory(TensorDictReplayBuffer):
             return
         with timeit("memory/refresh"):
             slots, last_step = self._ordered_slots()
-            keys = estimator.tensor_keys
             stored = self._writer.written()
             data = stored.select(*estimator.in_keys, strict=True)[slots]
-            done_key = ("next", keys.done)
-            ends = torch.zeros(len(slots), 1, dtype=torch.bool, device=data.device)
-            ends[last_step] = True
+            done_key = ("next", estimator.tensor_keys.done)
+            ends = last_step.unsqueeze(-1).to(data.get(done_key).device)
             data.set(done_key, data.get(done_key) | ends)
             returns = estimator.twin_returns(data)
             stored.set_at_(self.memory_return_key, returns.to(stored.device), slots)
 
     def _ordered_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Occupied slots sorted by (episode, arrival), and each episode's last step."""
+        """Occupied slots in (episode, arrival) order, and a mask of episode ends."""
         stored = self._writer.written()
         slots = self._writer.occupied_slots()
         episode, stamp = stored.get(EPISODE)[slots], stored.get(STAMP)[slots]
@@ -342,7 +340,7 @@ class EpisodicMemory(TensorDictReplayBuffer):
         episode = episode[order]
         last_step = torch.ones_like(episode, dtype=torch.bool)
         last_step[:-1] = episode[1:] != episode[:-1]
-        return slots[order], last_step.nonzero().squeeze(-1)
+        return slots[order], last_step
 
     def _validate(self, data: TensorDictBase) -> None:
         if data.ndim < 1:
