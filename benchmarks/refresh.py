@@ -10,7 +10,9 @@ Builds a memory of 100 episodes x 1000 steps (HalfCheetah-sized: 17-d observatio
 3. their ratio, and the largest difference between the two results;
 4. a full ``EpisodicMemory.refresh`` (target actor + 4 target critics on all 100k
    next-states, then the scan) next to 200 gradient steps of ``GEMLoss`` (batch
-   128, actor every 2nd step), the work that follows each refresh in GEM.
+   128, actor every 2nd step), the work that follows each refresh in GEM;
+5. the refresh's NaN/inf guards (rewards and bootstrap values, as the estimator
+   and the scan check them) and their share of the refresh.
 
 Run: ``python benchmarks/refresh.py`` (``--episodes`` and ``--steps`` to resize).
 """
@@ -35,6 +37,7 @@ from torchrl_gem import (  # noqa: E402
     make_gem_critics,
     twin_backprop_return,
 )
+from torchrl_gem.functional import check_finite  # noqa: E402
 
 OBS_DIM, ACT_DIM, GAMMA = 17, 6, 0.99
 
@@ -189,6 +192,21 @@ def main() -> None:
     print(f"full refresh (networks + scan):    {refresh_time * 1e3:9.1f} ms")
     print(f"200 GEMLoss gradient steps:        {update_time * 1e3:9.1f} ms")
     print(f"refresh / gradient steps:          {refresh_time / update_time:9.2f}")
+
+    # 5: the guards a refresh runs: rewards twice (estimator, scan), values twice
+    # (network outputs, scan), over every stored transition
+    float_rewards, float_values = rewards.float(), values.float()
+
+    def guards() -> None:
+        for _ in range(2):
+            check_finite("reward", float_rewards)
+            check_finite("next_state_value", float_values)
+
+    guard_time, _ = timed(guards, args.repeat)
+    print(
+        f"finite checks in a refresh:        {guard_time * 1e3:9.2f} ms"
+        f"   ({100 * guard_time / refresh_time:.2f}% of the refresh)"
+    )
 
 
 if __name__ == "__main__":

@@ -33,14 +33,21 @@ def tiny_loss(**kwargs):
 
 
 def trajectory_batch(*batch, generator=None, p_done=0.2, memory_return=False):
-    """A [*batch] tensordict of transitions; the last dim is time."""
+    """A [*batch] tensordict of transitions; the last dim is time.
+
+    Each row holds consecutive episodes (a new one after every done), with
+    collector-style trajectory ids, unique across rows, and step counts.
+    """
     shape = tuple(batch)
     rand = lambda *s: torch.randn(*s, generator=generator)  # noqa: E731
     done = torch.rand(*shape, 1, generator=generator) < p_done
     terminated = done & (torch.rand(*shape, 1, generator=generator) < 0.5)
+    trajectory, step_count = episode_bookkeeping(done.squeeze(-1))
     td = TensorDict(
         observation=rand(*shape, OBS),
         action=torch.rand(*shape, ACT, generator=generator) * 2 - 1,
+        collector=TensorDict(traj_ids=trajectory, batch_size=shape),
+        step_count=step_count.unsqueeze(-1),
         next=TensorDict(
             observation=rand(*shape, OBS),
             reward=rand(*shape, 1),
@@ -53,6 +60,51 @@ def trajectory_batch(*batch, generator=None, p_done=0.2, memory_return=False):
     if memory_return:
         td["memory_return"] = rand(*shape, 2)
     return td
+
+
+class ConstantValue(torch.nn.Module):
+    """A critic whose every output is its one parameter, ``value``."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = torch.nn.Parameter(torch.tensor(value))
+
+    def forward(self, observation):
+        return self.value.expand(*observation.shape[:-1], 1)
+
+
+def constant_value_estimator(value: float, **kwargs):
+    """A discrete-mode estimator whose bootstrap values all equal ``value``."""
+    from tensordict.nn import TensorDictModule
+
+    from torchrl_gem import TwinBackPropEstimator
+
+    critic = TensorDictModule(
+        ConstantValue(value), in_keys=["observation"], out_keys=["action_value"]
+    )
+    params = TensorDict.from_module(critic).expand(2).clone()
+    estimator = TwinBackPropEstimator(
+        qvalue_network=critic,
+        qvalue_params=params,
+        action_space="discrete",
+        **kwargs,
+    )
+    estimator.set_keys(value="action_value")
+    return estimator
+
+
+def episode_bookkeeping(done):
+    """Trajectory ids and step counts of ``[*B, T]`` rows of consecutive episodes."""
+    rows = done.reshape(-1, done.shape[-1])
+    starts = torch.zeros_like(rows)
+    starts[:, 1:] = rows[:, :-1]
+    trajectory = starts.long().cumsum(-1)
+    trajectory += (trajectory[:, -1:] + 1).cumsum(0) - trajectory[:, -1:] - 1
+    step = torch.zeros_like(trajectory)
+    for row, start in zip(step, starts, strict=True):
+        for t in range(1, len(row)):
+            row[t] = 0 if start[t] else row[t - 1] + 1
+    return trajectory.reshape(done.shape), step.reshape(done.shape)
 
 
 @pytest.fixture

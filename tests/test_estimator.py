@@ -8,6 +8,7 @@ from conftest import (
     ACT,
     OBS,
     SPEC,
+    constant_value_estimator,
     tiny_actor,
     tiny_critics,
     tiny_loss,
@@ -321,3 +322,107 @@ def test_bad_options_raise():
         TwinBackPropEstimator.for_loss(loss, gamma=2.0)
     with pytest.raises(ValueError, match="batch of trajectories"):
         loss.value_estimator.twin_returns(TensorDict())
+
+
+@pytest.mark.parametrize("shape", [(16,), (16, 1), (16, 3)])
+def test_value_estimate_refuses_a_malformed_memory_return(shape):
+    td3 = TD3Loss(tiny_actor(), tiny_critics(2), action_spec=SPEC)
+    td3.make_value_estimator(TwinBackPropEstimator.for_loss(td3, gamma=0.9))
+    batch = trajectory_batch(16, generator=torch.Generator().manual_seed(5))
+    batch["memory_return"] = torch.zeros(shape)
+    with pytest.raises(ValueError, match=r"'memory_return' must have shape \(16, 2\)"):
+        td3(batch)
+    batch["memory_return"] = torch.zeros(16, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="'memory_return' must be floating point"):
+        td3(batch)
+    batch["memory_return"] = torch.zeros(16, 2).index_fill(
+        0, torch.tensor([3]), float("inf")
+    )
+    with pytest.raises(ValueError, match="'memory_return' has a non-finite"):
+        td3(batch)
+
+
+def test_a_flat_batch_without_trajectory_structure_is_refused():
+    td3 = TD3Loss(tiny_actor(), tiny_critics(2), action_spec=SPEC)
+    td3.make_value_estimator(TwinBackPropEstimator.for_loss(td3, gamma=0.9))
+    batch = trajectory_batch(16, generator=torch.Generator().manual_seed(5))
+    with pytest.raises(ValueError, match="EpisodicMemory.*SliceSampler"):
+        td3(batch.exclude("step_count"))
+    with pytest.raises(ValueError, match="traj_ids"):
+        td3(batch.exclude(("collector", "traj_ids")))
+
+
+def test_a_uniformly_sampled_batch_is_cut_between_its_trajectories():
+    torch.manual_seed(0)
+    loss = tiny_loss(policy_noise=0.0)
+    estimator = TwinBackPropEstimator.for_loss(loss, gamma=0.9)
+    data = trajectory_batch(200, generator=torch.Generator().manual_seed(8))
+    buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(200), batch_size=64)
+    buffer.extend(data)
+    sample = buffer.sample()
+    # oracle: every maximal run of consecutive steps of one trajectory on its own
+    values = estimator.next_state_value(sample["next"])
+    ids, steps = sample["collector", "traj_ids"], sample["step_count"].squeeze(-1)
+    expected, start = [], 0
+    for i in range(len(sample)):
+        last = i == len(sample) - 1
+        if last or not (ids[i + 1] == ids[i] and steps[i + 1] == steps[i] + 1):
+            run = slice(start, i + 1)
+            expected.append(
+                twin_backprop_return(
+                    0.9,
+                    values[run],
+                    sample["next", "reward"][run],
+                    sample["next", "done"][run],
+                    sample["next", "terminated"][run],
+                )
+            )
+            start = i + 1
+    torch.testing.assert_close(
+        estimator(sample.clone())["memory_return"], torch.cat(expected)
+    )
+    chained = twin_backprop_return(
+        0.9,
+        values,
+        sample["next", "reward"],
+        sample["next", "done"],
+        sample["next", "terminated"],
+    )
+    assert not torch.allclose(chained, torch.cat(expected))  # the old behaviour
+
+
+def test_slice_ends_never_offer_the_zero_tail():
+    # Without episode ends in the data, every trajectory end the transform sees is a
+    # slice end: the zero tail must change nothing, even with V = -10 < 0.
+    data = trajectory_batch(60, generator=torch.Generator().manual_seed(4), p_done=0.0)
+    data["collector", "traj_ids"] = torch.arange(60) // 20
+    data["step_count"] = torch.arange(60)[:, None] % 20
+    results = []
+    for zero_tail in (False, True):
+        estimator = constant_value_estimator(-10.0, gamma=0.99, zero_tail=zero_tail)
+        buffer = ReplayBuffer(
+            storage=LazyTensorStorage(60),
+            sampler=SliceSampler(slice_len=5, traj_key=("collector", "traj_ids")),
+            batch_size=40,
+            transform=TwinBackPropTransform(estimator),
+        )
+        buffer.extend(data)
+        torch.manual_seed(1)
+        results.append(buffer.sample()["memory_return"])
+    torch.testing.assert_close(results[1], results[0])
+
+
+def test_non_finite_rewards_and_network_outputs_are_refused():
+    loss = tiny_loss()
+    estimator = TwinBackPropEstimator.for_loss(loss, gamma=0.9)
+    batch = trajectory_batch(8, generator=torch.Generator().manual_seed(9))
+    batch["next", "reward"][5] = float("nan")
+    with pytest.raises(ValueError, match=r"\('next', 'reward'\) has a non-finite"):
+        estimator(batch.clone())
+    batch["next", "reward"][5] = 0.0
+    bias = loss.target_qvalue_network_params.get(("module", "2", "bias"), None)
+    leaves = list(loss.target_qvalue_network_params.values(True, True))
+    with torch.no_grad():
+        (bias if bias is not None else leaves[-1]).fill_(float("inf"))
+    with pytest.raises(ValueError, match="non-finite bootstrap value .* diverged"):
+        estimator(batch.clone())

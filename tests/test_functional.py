@@ -14,20 +14,23 @@ def oracle(
     reward,
     done,
     terminated,
+    cut=None,
     max_horizon=None,
     zero_tail=False,
     floor="own",
 ):
     """Enumerate every candidate of the definition, one transition at a time.
 
-    Inputs are [T, 2] / [T, 1] float64 lists; returns a [T, 2] list.
+    Inputs are [T, 2] / [T, 1] float64 lists; returns a [T, 2] list. A trajectory
+    ends at done, at cut and at the last step; only done ends offer the zero tail.
     """
     num_steps = len(reward)
+    cut = cut or [False] * num_steps
     horizon = max_horizon if max_horizon is not None else 10**9
     out = []
     for t in range(num_steps):
         end = t
-        while not done[end] and end < num_steps - 1:
+        while not (done[end] or cut[end]) and end < num_steps - 1:
             end += 1
         candidates = []  # per n: (G^0, G^1)
         for n in range(1, min(end - t + 1, horizon) + 1):
@@ -37,7 +40,7 @@ def oracle(
             candidates.append(
                 tuple(rewards + gamma**n * keep * value[last][k] for k in (0, 1))
             )
-        if zero_tail and end - t + 2 <= horizon:
+        if zero_tail and done[end] and end - t + 2 <= horizon:
             tail = sum(gamma**j * reward[t + j] for j in range(end - t + 1))
             candidates.append((tail, tail))
         best = [
@@ -68,14 +71,18 @@ def random_case(
     return value, reward, done, terminated
 
 
-def check_against_oracle(gamma, value, reward, done, terminated, **kwargs):
-    result = twin_backprop_return(gamma, value, reward, done, terminated, **kwargs)
+def check_against_oracle(gamma, value, reward, done, terminated, cut=None, **kwargs):
+    result = twin_backprop_return(
+        gamma, value, reward, done, terminated, cut=cut, **kwargs
+    )
     flat = lambda x: x.reshape(-1, *x.shape[-2:])  # noqa: E731
-    for v, r, d, term, res in zip(
+    cuts = flat(cut) if cut is not None else [None] * len(flat(done))
+    for v, r, d, term, c, res in zip(
         flat(value),
         flat(reward),
         flat(done),
         flat(terminated),
+        cuts,
         flat(result),
         strict=True,
     ):
@@ -85,6 +92,7 @@ def check_against_oracle(gamma, value, reward, done, terminated, **kwargs):
             r.squeeze(-1).tolist(),
             d.squeeze(-1).tolist(),
             term.squeeze(-1).tolist(),
+            None if c is None else c.squeeze(-1).tolist(),
             **kwargs,
         )
         torch.testing.assert_close(
@@ -129,6 +137,59 @@ def test_ties_on_integer_data_match_oracle(max_horizon, zero_tail):
         max_horizon=max_horizon,
         zero_tail=zero_tail,
     )
+
+
+def random_cuts(generator, done, p_cut=0.1):
+    """Cut flags, some of them on steps that are also done."""
+    return torch.rand(done.shape, generator=generator) < p_cut
+
+
+@pytest.mark.parametrize("max_horizon", [None, 1, 3, 40])
+@pytest.mark.parametrize("zero_tail", [False, True])
+def test_cuts_match_oracle(max_horizon, zero_tail):
+    generator = torch.Generator().manual_seed(7)
+    value, reward, done, terminated = random_case(generator, (5,), 40, p_done=0.1)
+    cut = random_cuts(generator, done)
+    check_against_oracle(
+        0.9,
+        value,
+        reward,
+        done,
+        terminated,
+        cut=cut,
+        max_horizon=max_horizon,
+        zero_tail=zero_tail,
+    )
+
+
+def test_zero_tail_only_after_the_environments_ends():
+    # r = 1 and V(s') = -10 at the end of a one-step trajectory, gamma = 0.99.
+    reward, value = torch.ones(1, 1), torch.full((1, 2), -10.0)
+    no = torch.zeros(1, 1, dtype=torch.bool)
+    yes = ~no
+    # A cut (here: the last index without done) bootstraps: 1 - 9.9.
+    at_cut = twin_backprop_return(0.99, value, reward, no, no, zero_tail=True)
+    explicit_cut = twin_backprop_return(
+        0.99, value, reward, no, no, cut=yes, zero_tail=True
+    )
+    # An episode the environment truncated also offers the reward-to-go, 1.
+    truncated = twin_backprop_return(0.99, value, reward, yes, no, zero_tail=True)
+    torch.testing.assert_close(at_cut, torch.full((1, 2), -8.9))
+    torch.testing.assert_close(explicit_cut, torch.full((1, 2), -8.9))
+    torch.testing.assert_close(truncated, torch.ones(1, 2))
+
+
+def test_a_cut_inside_a_sequence_separates_trajectories():
+    # Two trajectories, the first cut (not done) after step 1: its steps bootstrap
+    # from V(s_2) and never see the second trajectory's rewards.
+    reward = torch.tensor([[0.0], [0.0], [100.0]])
+    value = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    no = torch.zeros(3, 1, dtype=torch.bool)
+    cut = torch.tensor([[False], [True], [False]])
+    result = twin_backprop_return(1.0, value, reward, no, no, cut=cut)
+    assert result[:2].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    chained = twin_backprop_return(1.0, value, reward, no, no)
+    assert chained[0].tolist() == [100.0, 100.0]
 
 
 def test_a_horizon_longer_than_every_trajectory_takes_the_scan(monkeypatch):
@@ -241,6 +302,7 @@ def test_float32_scan_on_long_episode_is_accurate():
         (lambda v, r, d, t: (v, r, d.float(), t), "done must be a bool"),
         (lambda v, r, d, t: (v, r, d, t.long()), "terminated must be a bool"),
         (lambda v, r, d, t: (v, r, d[..., 0], t), "done must have shape"),
+        (lambda v, r, d, t: (v[:0], r[:0], d[:0], t[:0]), "at least one transition"),
     ],
 )
 def test_bad_inputs_raise(change, message):
@@ -248,6 +310,32 @@ def test_bad_inputs_raise(change, message):
     done = torch.zeros(5, 1, dtype=torch.bool)
     with pytest.raises(ValueError, match=message):
         twin_backprop_return(0.9, *change(value, reward, done, done.clone()))
+
+
+@pytest.mark.parametrize(
+    "cut, message",
+    [
+        (torch.zeros(5, 1), "cut must be a bool"),
+        (torch.zeros(5, dtype=torch.bool), "cut must have shape \\(5, 1\\)"),
+    ],
+)
+def test_bad_cut_raises(cut, message):
+    value, reward = torch.zeros(5, 2), torch.zeros(5, 1)
+    done = torch.zeros(5, 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match=message):
+        twin_backprop_return(0.9, value, reward, done, done, cut=cut)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("name", ["reward", "next_state_value"])
+def test_non_finite_inputs_raise_with_their_name_and_index(bad, name):
+    value, reward = torch.zeros(5, 2), torch.zeros(5, 1)
+    done = torch.zeros(5, 1, dtype=torch.bool)
+    (reward if name == "reward" else value)[3, 0] = bad
+    with pytest.raises(
+        ValueError, match=f"{name} has a non-finite .* index \\(3, 0\\)"
+    ):
+        twin_backprop_return(0.9, value, reward, done, done)
 
 
 def test_bad_options_raise():

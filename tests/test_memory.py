@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_loss
+from conftest import constant_value_estimator, tiny_loss
 from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.envs import GymEnv, SerialEnv, StepCounter, TransformedEnv
@@ -197,18 +197,53 @@ def test_eviction_removes_the_oldest_first():
         memory.extend(episode(5, 11))
 
 
-def test_initial_memory_return_is_reward_to_go():
-    memory = EpisodicMemory(capacity=20, gamma=0.5)
-    done = torch.tensor([[False], [True], [False], [False]])
-    data = TensorDict(
-        observation=torch.zeros(4, 1),
-        collector=TensorDict(traj_ids=torch.tensor([0, 0, 1, 1])),
-        next=TensorDict(reward=torch.ones(4, 1), done=done, terminated=done.clone()),
-        batch_size=[4],
+def test_sampling_before_any_refresh_raises():
+    memory = EpisodicMemory(capacity=20, batch_size=4)
+    memory.extend(FakeCollector().batch(2))
+    with pytest.raises(RuntimeError, match="refresh\\(estimator\\)"):
+        memory.sample()
+
+
+def test_only_transitions_refreshed_since_written_are_sampled():
+    estimator = tiny_loss().make_value_estimator(gamma=0.9).value_estimator
+    memory = EpisodicMemory(capacity=100, batch_size=512)
+    collector = FakeCollector(num_envs=1, seed=4)
+    first = memory.extend(collector.batch(4))
+    memory.refresh(estimator)
+    memory.extend(collector.batch(4))  # no return yet
+    assert set(memory.sample()["index"].tolist()) == set(first.tolist())
+    assert memory.sample()["memory_return"].isfinite().all()
+    memory.refresh(estimator)
+    sampled = set(memory.sample()["index"].tolist())
+    assert sampled == set(memory.writer.occupied_slots().tolist())
+
+
+def test_a_running_episode_is_cut_without_zero_tail():
+    # One running episode of one step, r = 1, V(s') = -10 (negative bootstrap
+    # values: early training, HalfCheetah): the cut bootstraps, 1 - 0.99 * 10.
+    memory = EpisodicMemory(capacity=10)
+    no = torch.zeros(1, 1, dtype=torch.bool)
+    step = TensorDict(
+        observation=torch.zeros(1, 3),
+        collector=TensorDict(traj_ids=torch.zeros(1, dtype=torch.long)),
+        next=TensorDict(
+            observation=torch.zeros(1, 3),
+            reward=torch.ones(1, 1),
+            done=no,
+            terminated=no,
+        ),
+        batch_size=[1],
     )
-    memory.extend(data)
-    returns = memory.storage[torch.arange(4)]["memory_return"]
-    assert returns.tolist() == [[1.5, 1.5], [1.0, 1.0], [1.5, 1.5], [1.0, 1.0]]
+    memory.extend(step)
+    memory.refresh(constant_value_estimator(-10.0, gamma=0.99, zero_tail=True))
+    torch.testing.assert_close(
+        stored(memory)["memory_return"], torch.full((1, 2), -8.9)
+    )
+    # once the environment ends the episode (truncation), the zero tail is offered
+    memory.extend(step.set(("next", "done"), ~no))
+    memory.refresh(constant_value_estimator(-10.0, gamma=0.99, zero_tail=True))
+    returns = stored(memory)["memory_return"]
+    assert returns[:, 0].tolist() == pytest.approx([1.0 + 0.99 * 1.0, 1.0])
 
 
 def test_sampling_covers_only_stored_transitions():
@@ -216,6 +251,7 @@ def test_sampling_covers_only_stored_transitions():
     collector = FakeCollector(num_envs=1, seed=4)
     for _ in range(6):
         memory.extend(collector.batch(4))
+    memory.refresh(tiny_loss().make_value_estimator(gamma=0.9).value_estimator)
     occupied = set(memory.writer.occupied_slots().tolist())
     sample = memory.sample()
     assert set(sample["index"].tolist()) == occupied
@@ -277,6 +313,36 @@ def test_bad_input_is_refused_before_writing():
         EpisodicMemory(storage="disk")
     with pytest.raises(RuntimeError, match="empty"):
         EpisodicMemory(batch_size=2).sample()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda d: d.set(("next", "done"), d["next", "done"].long()),
+            r"\('next', 'done'\) must be a bool tensor, got torch.int64",
+        ),
+        (
+            lambda d: d.set(("next", "terminated"), d["next", "terminated"].float()),
+            r"\('next', 'terminated'\) must be a bool tensor",
+        ),
+        (
+            lambda d: d.set("memory_return", torch.zeros(*d.shape, 3)),
+            r"'memory_return' must have shape \(2, 4, 2\).*got \(2, 4, 3\)",
+        ),
+        (
+            lambda d: d.set(
+                "memory_return", torch.zeros(*d.shape, 2, dtype=torch.long)
+            ),
+            "'memory_return' must be floating point",
+        ),
+    ],
+)
+def test_malformed_flags_and_returns_are_refused_at_extend(change, message):
+    memory = EpisodicMemory(capacity=50)
+    with pytest.raises(ValueError, match=message):
+        memory.extend(change(FakeCollector().batch(4)))
+    assert len(memory) == 0
 
 
 def test_with_a_torchrl_collector_and_two_envs():

@@ -16,7 +16,12 @@ from torchrl.objectives.utils import register_value_estimator
 from torchrl.objectives.value import ValueEstimatorBase
 
 from torchrl_gem._ensemble import call_ensemble
-from torchrl_gem.functional import Floor, check_return_options, twin_backprop_return
+from torchrl_gem.functional import (
+    Floor,
+    check_finite,
+    check_return_options,
+    twin_backprop_return,
+)
 
 __all__ = ["GEMEstimators", "TwinBackPropEstimator", "default_twin_groups"]
 
@@ -48,8 +53,22 @@ class TwinBackPropEstimator(ValueEstimatorBase):
     critics) and the target critics, reduces each twin group with a ``min``
     (``max_a`` of the group ``min`` for discrete Q-networks), and runs
     :func:`~torchrl_gem.twin_backprop_return` along the last batch dimension (time).
-    Several trajectories may follow each other along time, separated by
-    ``("next", "done")``; the last step is treated as a cut.
+
+    Where trajectories start and end along time:
+
+    - ``("next", "done")`` ends the environment's episodes;
+    - a caller that knows its layout passes ``cut`` (:meth:`EpisodicMemory.refresh
+      <torchrl_gem.EpisodicMemory.refresh>` cuts each running episode at its newest
+      stored step);
+    - otherwise, when the batch carries trajectory ids and step counts (the
+      ``trajectory`` and ``step_count`` keys), a cut is placed after every step whose
+      successor is not the next step of the same trajectory: slices concatenated by
+      a ``SliceSampler`` are kept apart;
+    - a ``[*B, T]`` batch with ``B`` non-empty is taken as rows of consecutive
+      steps; a flat ``[T]`` batch without ids and step counts is refused, since a
+      uniformly sampled batch would chain unrelated transitions.
+
+    The last step is always an end (a cut if not done).
 
     It writes ``memory_return`` (``[*B, T, 2]``) and ``value_target`` (the twin
     columns reduced with ``target_reduction``, ``[*B, T, 1]``). Three uses:
@@ -109,15 +128,22 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         >>> loss = TD3Loss(make_gem_actor(3, spec), critics, action_spec=spec)
         >>> estimator = TwinBackPropEstimator.for_loss(loss, gamma=0.99)
         >>> _ = loss.make_value_estimator(estimator)  # GEM returns in one line
+        >>> from torchrl_gem import EpisodicMemory
+        >>> memory = EpisodicMemory(capacity=100, batch_size=4)
         >>> T = 5
-        >>> batch = TensorDict(
+        >>> _ = memory.extend(TensorDict(
         ...     observation=torch.randn(T, 3), action=torch.rand(T, 2),
+        ...     collector=TensorDict(traj_ids=torch.zeros(T, dtype=torch.long)),
         ...     next=TensorDict(observation=torch.randn(T, 3), reward=torch.randn(T, 1),
         ...                     done=torch.zeros(T, 1, dtype=torch.bool),
         ...                     terminated=torch.zeros(T, 1, dtype=torch.bool)),
-        ...     batch_size=[T])
-        >>> loss.value_estimator(batch)["memory_return"].shape
-        torch.Size([5, 2])
+        ...     batch_size=[T]))
+        >>> memory.refresh(loss.value_estimator)  # twin returns of every stored step
+        >>> batch = memory.sample()
+        >>> batch["memory_return"].shape
+        torch.Size([4, 2])
+        >>> loss(batch)["loss_qvalue"].shape  # TD3's critic loss on GEM targets
+        torch.Size([])
     """
 
     @dataclass
@@ -131,8 +157,10 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             value_target (NestedKey): single reduced target written, ``[*B, T, 1]``.
             advantage (NestedKey): unused; kept for TorchRL's estimator interface.
             reward (NestedKey): reward, read under ``"next"``.
-            done (NestedKey): trajectory end, read under ``"next"``.
+            done (NestedKey): episode end, read under ``"next"``.
             terminated (NestedKey): true termination, read under ``"next"``.
+            trajectory (NestedKey): per-step trajectory id (TorchRL collectors).
+            step_count (NestedKey): per-step counter (TorchRL's ``StepCounter``).
         """
 
         action: NestedKey = "action"
@@ -143,6 +171,8 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         reward: NestedKey = "reward"
         done: NestedKey = "done"
         terminated: NestedKey = "terminated"
+        trajectory: NestedKey = ("collector", "traj_ids")
+        step_count: NestedKey = "step_count"
 
     default_keys = _AcceptedKeys
     tensor_keys: _AcceptedKeys
@@ -283,6 +313,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         *,
         params: TensorDictBase | None = None,
         target_params: TensorDictBase | None = None,
+        cut: Tensor | None = None,
     ) -> TensorDictBase:
         """Write ``memory_return`` and ``value_target`` into a ``[*B, T]`` tensordict.
 
@@ -292,11 +323,12 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         Keyword Args:
             params: unused (the estimator reads target parameters it was given).
             target_params: unused, likewise.
+            cut (Tensor, optional): see :meth:`twin_returns`.
 
         Returns:
             ``tensordict``, updated in place.
         """
-        returns = self.twin_returns(tensordict)
+        returns = self.twin_returns(tensordict, cut=cut)
         tensordict.set(self.tensor_keys.memory_return, returns)
         tensordict.set(self.tensor_keys.value_target, self.reduce_twins(returns))
         return tensordict
@@ -310,13 +342,18 @@ class TwinBackPropEstimator(ValueEstimatorBase):
     ) -> Tensor:
         """The single target ``[*B, 1]`` for one-target losses (TD3, SAC).
 
-        Uses the batch's ``memory_return`` when present, else computes it along the
-        batch's last dimension (trajectory slices). ``next_value`` is ignored: the
-        twin values come from this estimator's own target networks.
+        Uses the batch's ``memory_return`` (``[*B, 2]``) when present: batches from
+        an :class:`~torchrl_gem.EpisodicMemory`. Otherwise computes it along the
+        batch's trajectories (see the class docstring for how they are found).
+        ``next_value`` is ignored: the twin values come from this estimator's own
+        target networks.
         """
-        returns = tensordict.get(self.tensor_keys.memory_return, None)
+        key = self.tensor_keys.memory_return
+        returns = tensordict.get(key, None)
         if returns is None:
             returns = self.twin_returns(tensordict)
+        else:
+            check_memory_return(returns, tensordict.batch_size, key)
         return self.reduce_twins(returns)
 
     def reduce_twins(self, returns: Tensor) -> Tensor:
@@ -325,8 +362,19 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             return returns.min(-1, keepdim=True).values
         return returns.mean(-1, keepdim=True)
 
-    def twin_returns(self, tensordict: TensorDictBase) -> Tensor:
-        """``[*B, T, 2]`` twin returns of the trajectories in ``tensordict``."""
+    def twin_returns(
+        self, tensordict: TensorDictBase, *, cut: Tensor | None = None
+    ) -> Tensor:
+        """``[*B, T, 2]`` twin returns of the trajectories in ``tensordict``.
+
+        Args:
+            tensordict (TensorDictBase): transitions; the last batch dim is time.
+
+        Keyword Args:
+            cut (Tensor, optional): ``[*B, T, 1]`` bool, trajectory ends that the
+                environment did not make (they bootstrap and never offer the zero
+                tail). ``None`` finds them from trajectory ids and step counts.
+        """
         if tensordict.ndim < 1:
             raise ValueError(
                 "TwinBackPropEstimator needs a batch of trajectories [*B, T]; got a "
@@ -337,15 +385,56 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         for key in (keys.reward, keys.done, keys.terminated):
             if key not in next_td.keys(include_nested=True):
                 raise KeyError(f"Missing ('next', {key!r}) in the trajectory batch.")
+        reward = next_td.get(keys.reward)
+        check_finite(str(("next", keys.reward)), reward)
+        if cut is None:
+            cut = self.trajectory_cuts(tensordict)
         return self.returns_from_values(
             self.next_state_value(next_td),
-            next_td.get(keys.reward),
+            reward,
             next_td.get(keys.done),
             next_td.get(keys.terminated),
+            cut=cut,
         )
 
+    def trajectory_cuts(self, tensordict: TensorDictBase) -> Tensor | None:
+        """``[*B, T, 1]`` cuts after every step not followed by its successor.
+
+        Found from the ``trajectory`` and ``step_count`` entries; ``None`` for a
+        ``[*B, T]`` batch without them (rows are taken as consecutive steps).
+        """
+        keys = self.tensor_keys
+        present = tensordict.keys(include_nested=True)
+        if keys.trajectory not in present or keys.step_count not in present:
+            if tensordict.ndim > 1:
+                return None
+            raise ValueError(
+                "TwinBackPropEstimator cannot tell where the trajectories of a flat "
+                f"batch start and end: it has no {keys.trajectory!r} and "
+                f"{keys.step_count!r} entries. A uniformly sampled batch holds "
+                "unrelated transitions; get GEM returns from an EpisodicMemory "
+                "(memory.refresh(estimator), then sample: batches carry "
+                "'memory_return'), or sample trajectory slices with a SliceSampler "
+                "and a TwinBackPropTransform (add a StepCounter to the env); or pass "
+                "a [B, T] batch of consecutive steps."
+            )
+        trajectory = tensordict.get(keys.trajectory).reshape(tensordict.batch_size)
+        step = tensordict.get(keys.step_count).reshape(tensordict.batch_size)
+        continues = (trajectory[..., 1:] == trajectory[..., :-1]) & (
+            step[..., 1:] == step[..., :-1] + 1
+        )
+        cut = torch.ones_like(trajectory, dtype=torch.bool)
+        cut[..., :-1] = ~continues
+        return cut.unsqueeze(-1)
+
     def returns_from_values(
-        self, next_value: Tensor, reward: Tensor, done: Tensor, terminated: Tensor
+        self,
+        next_value: Tensor,
+        reward: Tensor,
+        done: Tensor,
+        terminated: Tensor,
+        *,
+        cut: Tensor | None = None,
     ) -> Tensor:
         """Run the functional core with this estimator's options."""
         return twin_backprop_return(
@@ -354,6 +443,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             reward,
             done,
             terminated,
+            cut=cut,
             max_horizon=self.max_horizon,
             zero_tail=self.zero_tail,
             floor=self.floor,
@@ -370,6 +460,14 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             [flat] if not self.value_chunk_size else flat.split(self.value_chunk_size)
         )
         values = torch.cat([self._chunk_value(chunk) for chunk in chunks])
+        if not torch.isfinite(values).all():  # diverged target networks
+            bad = (~torch.isfinite(values)).nonzero()[0].tolist()
+            raise ValueError(
+                f"The target networks returned a non-finite bootstrap value "
+                f"({values[tuple(bad)].item()}) for twin column {bad[1]} at next "
+                f"state {bad[0]} of {len(values)} (flattened "
+                f"{tuple(next_tensordict.batch_size)}): the critics have diverged."
+            )
         return values.reshape(*next_tensordict.batch_size, 2)
 
     def _use_vmap(self) -> bool:
@@ -413,6 +511,19 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         if self.action_space == "discrete":
             columns = [column.max(-1, keepdim=True).values for column in columns]
         return torch.cat(columns, -1)
+
+
+def check_memory_return(value: Tensor, batch_size, key: NestedKey) -> None:
+    """A ``[*B, 2]`` floating, finite ``memory_return`` for a ``[*B]`` batch."""
+    expected = (*batch_size, 2)
+    if tuple(value.shape) != expected:
+        raise ValueError(
+            f"{key!r} must have shape {expected} (batch, twin columns) for a batch "
+            f"of {tuple(batch_size)}, got {tuple(value.shape)}."
+        )
+    if not value.is_floating_point():
+        raise ValueError(f"{key!r} must be floating point, got {value.dtype}.")
+    check_finite(repr(key), value)
 
 
 def check_twin_groups(twin_groups, num_critics: int) -> None:

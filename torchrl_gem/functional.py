@@ -37,6 +37,7 @@ def twin_backprop_return(
     done: Tensor,
     terminated: Tensor,
     *,
+    cut: Tensor | None = None,
     max_horizon: int | None = None,
     time_dim: int = -2,
     zero_tail: bool = False,
@@ -44,10 +45,12 @@ def twin_backprop_return(
 ) -> Tensor:
     """Twin back-propagated returns along stored trajectories.
 
-    A trajectory ends at every step where ``done`` is set and at the last index along
-    ``time_dim``; such an end bootstraps from ``next_state_value`` unless
-    ``terminated`` is set (so the last index is a *cut*, like a time-limit
-    truncation). Horizons never cross a trajectory end.
+    A trajectory ends where the environment ended the episode (``done``), where the
+    caller cut it (``cut``: storage or slicing stopped there) and at the last index
+    along ``time_dim`` (always a cut unless ``done`` is set there). Horizons never
+    cross an end. Every end bootstraps from ``next_state_value`` unless
+    ``terminated`` is set; only the environment's ends (``done``) also offer the
+    zero-tail candidate, since a cut says nothing about what came after it.
 
     Args:
         gamma (float): discount factor, in ``[0, 1]``.
@@ -55,18 +58,23 @@ def twin_backprop_return(
             the bootstrap value of estimator ``k`` (already reduced over its critic
             group) for transition ``t``.
         reward (Tensor): ``[*B, T, 1]`` rewards ``r_t``.
-        done (Tensor): ``[*B, T, 1]`` bool, end of a trajectory after step ``t``.
+        done (Tensor): ``[*B, T, 1]`` bool, the environment ended the episode
+            after step ``t`` (terminated or truncated).
         terminated (Tensor): ``[*B, T, 1]`` bool, true termination after step ``t``
             (no bootstrap).
 
     Keyword Args:
+        cut (Tensor, optional): ``[*B, T, 1]`` bool, trajectory ends after step
+            ``t`` that the environment did not make: a running episode's newest
+            stored step, a slice end. They bootstrap and never offer the zero tail.
         max_horizon (int, optional): largest rollout length ``H``. ``None`` (default)
             lets the horizon run to the end of each trajectory.
         time_dim (int): the time dimension of every input. Defaults to ``-2``.
-        zero_tail (bool): also offer, after each trajectory end, the candidate that
-            bootstraps with ``0`` (the plain discounted reward-to-go). The released
-            code has it because of its sentinel rows; it underestimates truncated
-            episodes. Defaults to ``False``.
+        zero_tail (bool): also offer, after each end that ``done`` marks, the
+            candidate that bootstraps with ``0`` (the plain discounted reward-to-go).
+            The released code has it because of the sentinel row it appends to each
+            finished episode; it underestimates truncated episodes. Defaults to
+            ``False``.
         floor (str): ``"own"`` (default, the paper) floors column ``k`` with
             ``G^k_t(1)``; ``"selector"`` floors it with ``G^{k'}_t(1)``, the one-step
             target of the estimator that selected the horizon, as the released MuJoCo
@@ -89,24 +97,26 @@ def twin_backprop_return(
                 [7., 3.],
                 [7., 3.]])
     """
-    _check_inputs(gamma, next_state_value, reward, done, terminated, max_horizon, floor)
+    _check_inputs(
+        gamma, next_state_value, reward, done, terminated, cut, max_horizon, floor
+    )
     dtype = next_state_value.dtype
     # Work with time as the second to last dimension: [*B, T, F].
     value = next_state_value.detach().transpose(time_dim, -2)
     reward = reward.detach().to(dtype).transpose(time_dim, -2)
-    done = done.transpose(time_dim, -2).clone()
+    done = done.transpose(time_dim, -2)
     terminated = terminated.transpose(time_dim, -2)
-    done[..., -1, :] = True  # the last index is always a trajectory end (a cut)
+    end = done.clone() if cut is None else done | cut.transpose(time_dim, -2)
+    end[..., -1, :] = True  # the last index always ends a trajectory (a cut)
+    tail = done if zero_tail else None  # the zero tail follows the env's ends only
     bootstrap = value * (~terminated).to(dtype)
-    ends = done.reshape(-1).nonzero().squeeze(-1)  # rows are separated by the cut
+    ends = end.reshape(-1).nonzero().squeeze(-1)  # rows are separated by the cut
     lengths = torch.diff(ends, prepend=ends.new_full((1,), -1))
     # the scan is exact whenever the horizon cap removes no candidate
     if max_horizon is None or max_horizon >= int(lengths.max()) + int(zero_tail):
-        selected = _scan(gamma, bootstrap, reward, ends, lengths, zero_tail)
+        selected = _scan(gamma, bootstrap, reward, ends, lengths, tail)
     else:
-        selected = _horizon_limited(
-            gamma, bootstrap, reward, done, max_horizon, zero_tail
-        )
+        selected = _horizon_limited(gamma, bootstrap, reward, end, tail, max_horizon)
     one_step = reward + gamma * bootstrap
     # ``selected[..., k]`` is estimator k's horizon evaluated by the other estimator;
     # column k of the result holds estimator k's value, i.e. ``selected[..., 1 - k]``.
@@ -121,7 +131,7 @@ def _scan(
     reward: Tensor,
     ends: Tensor,
     lengths: Tensor,
-    zero_tail: bool,
+    tail: Tensor | None,
 ) -> Tensor:
     """Exact O(T) backward scan over the unbounded horizon.
 
@@ -130,6 +140,9 @@ def _scan(
     before the best candidate at ``t + 1``. The carry holds, per selecting estimator
     k, ``(best value of k, value of the other estimator on that same horizon)``.
     Ties go to the shorter horizon, as ``argmax`` does.
+
+    ``tail`` (or ``None``) marks the ends after which the zero-tail candidate is
+    offered; the scan starts those trajectories at ``0`` instead of ``-inf``.
 
     Every trajectory of every batch row is packed into one row of a
     ``[num_trajectories, longest]`` block, right-aligned so that all of them end at
@@ -163,7 +176,10 @@ def _scan(
     rewards = list(blocks[..., -1:])
     # best[:, k]: best candidate of selector k; evaluated[:, k]: the other
     # estimator's value on that same horizon. Both start at the zero tail or -inf.
-    best = xp.full_like(bootstraps[0], 0.0 if zero_tail else -math.inf)
+    best = xp.full_like(bootstraps[0], -math.inf)
+    if tail is not None:
+        with_tail = tail.reshape(-1)[ends]
+        best[with_tail.numpy() if xp is np else with_tail] = 0.0
     evaluated = best
     outputs = []
     for t in range(longest - 1, -1, -1):
@@ -180,9 +196,9 @@ def _horizon_limited(
     gamma: float,
     bootstrap: Tensor,
     reward: Tensor,
-    done: Tensor,
+    end: Tensor,
+    tail: Tensor | None,
     max_horizon: int,
-    zero_tail: bool,
 ) -> Tensor:
     """Exact O(T * H) form for a finite horizon: enumerate n = 1 .. H in lockstep.
 
@@ -192,17 +208,17 @@ def _horizon_limited(
     one_step = reward + gamma * bootstrap
     best, best_other = one_step, one_step.flip(-1)
     reward_sum = reward  # sum_{j<n} gamma^j r_{t+j}, for the current n
-    alive = torch.ones_like(done)  # candidate n exists at t (no end before t + n - 1)
+    alive = torch.ones_like(end)  # candidate n exists at t (no end before t + n - 1)
     discount = 1.0  # gamma^(n - 1)
     for n in range(2, max_horizon + 1):
-        ended_before = _shift(done, n - 2, fill=True)  # trajectory ended at t + n - 2
-        if zero_tail:
-            # Candidate n = e - t + 2: the rewards to the end, then a zero bootstrap.
-            tail = reward_sum.expand_as(best)
-            better = alive & ended_before & (tail > best)
-            best = torch.where(better, tail, best)
-            best_other = torch.where(better, tail, best_other)
-        alive = alive & ~ended_before
+        if tail is not None:
+            # Candidate n = e - t + 2 after an end e = t + n - 2 that offers the
+            # zero tail: the rewards to the end, then a zero bootstrap.
+            rewards_only = reward_sum.expand_as(best)
+            better = alive & _shift(tail, n - 2, fill=False) & (rewards_only > best)
+            best = torch.where(better, rewards_only, best)
+            best_other = torch.where(better, rewards_only, best_other)
+        alive = alive & ~_shift(end, n - 2, fill=True)  # no end at t + n - 2
         discount *= gamma
         reward_sum = reward_sum + discount * _shift(reward, n - 1, fill=0.0)
         value = reward_sum + discount * gamma * _shift(bootstrap, n - 1, fill=0.0)
@@ -228,6 +244,7 @@ def _check_inputs(
     reward: Tensor,
     done: Tensor,
     terminated: Tensor,
+    cut: Tensor | None,
     max_horizon: int | None,
     floor: str,
 ) -> None:
@@ -240,21 +257,38 @@ def _check_inputs(
         raise ValueError(
             f"next_state_value must be floating point, got {next_state_value.dtype}."
         )
+    if not next_state_value.numel():
+        raise ValueError(
+            "twin_backprop_return needs at least one transition, got "
+            f"next_state_value of shape {tuple(next_state_value.shape)}."
+        )
     expected = (*next_state_value.shape[:-1], 1)
-    for name, tensor in (
-        ("reward", reward),
-        ("done", done),
-        ("terminated", terminated),
-    ):
+    masks = {"done": done, "terminated": terminated}
+    if cut is not None:
+        masks["cut"] = cut
+    for name, tensor in (("reward", reward), *masks.items()):
         if tuple(tensor.shape) != expected:
             raise ValueError(
                 f"{name} must have shape {expected} to match next_state_value "
                 f"{tuple(next_state_value.shape)}, got {tuple(tensor.shape)}."
             )
-    for name, tensor in (("done", done), ("terminated", terminated)):
+    for name, tensor in masks.items():
         if tensor.dtype != torch.bool:
             raise ValueError(f"{name} must be a bool tensor, got {tensor.dtype}.")
+    for name, tensor in (("reward", reward), ("next_state_value", next_state_value)):
+        check_finite(name, tensor)
     check_return_options(gamma, max_horizon, floor)
+
+
+def check_finite(name: str, tensor: Tensor) -> None:
+    """Refuse NaN/inf, naming ``name`` and the index of the first bad element."""
+    finite = torch.isfinite(tensor)
+    if not finite.all():
+        where = tuple((~finite).nonzero()[0].tolist())
+        raise ValueError(
+            f"{name} has a non-finite value ({tensor[where].item()}) at index "
+            f"{where} of shape {tuple(tensor.shape)}."
+        )
 
 
 def check_return_options(gamma: float, max_horizon: int | None, floor: str) -> None:

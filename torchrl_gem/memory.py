@@ -15,9 +15,8 @@ from torchrl.data import (
     TensorDictReplayBuffer,
 )
 from torchrl.data.replay_buffers import Sampler, Writer
-from torchrl.objectives.value.functional import reward2go
 
-from torchrl_gem.estimator import TwinBackPropEstimator
+from torchrl_gem.estimator import TwinBackPropEstimator, check_memory_return
 
 __all__ = ["EpisodicMemory"]
 
@@ -41,12 +40,15 @@ class EpisodeWriter(Writer):
         self.trajectory_key = trajectory_key
         self.done_key = done_key
         self._next_stamp = 0
+        self._refreshed_stamp = 0  # slots with a smaller stamp hold refreshed returns
         self._next_episode = 0
         self._open: dict[int, int] = {}  # collector trajectory id -> internal id
         # Slots are filled lowest-first, so those ever written are [0, high_water);
         # the storage's own length may count allocated but unwritten slots.
         self._high_water = 0
-        self._occupied_cache: torch.Tensor | None = None  # dropped on every change
+        # dropped on every change
+        self._occupied_cache: torch.Tensor | None = None
+        self._sampleable_cache: torch.Tensor | None = None
 
     def add(self, data: Any) -> int:
         raise NotImplementedError("EpisodicMemory is written with extend().")
@@ -66,8 +68,16 @@ class EpisodeWriter(Writer):
         slots = self._free_slots(num_new)
         self._storage.set(slots, data)
         self._high_water = max(self._high_water, int(slots.max()) + 1)
-        self._occupied_cache = None
+        self._drop_caches()
         return slots
+
+    def mark_refreshed(self) -> None:
+        """Every slot written so far now holds a refreshed return."""
+        self._refreshed_stamp = self._next_stamp
+        self._drop_caches()
+
+    def _drop_caches(self) -> None:
+        self._occupied_cache = self._sampleable_cache = None
 
     def written(self) -> TensorDictBase:
         """A view of the slots written so far (occupied or evicted)."""
@@ -80,6 +90,16 @@ class EpisodeWriter(Writer):
         if self._occupied_cache is None:
             self._occupied_cache = self.written().get(OCCUPIED).nonzero().squeeze(-1)
         return self._occupied_cache
+
+    def sampleable_slots(self) -> torch.Tensor:
+        """Occupied slots refreshed since they were written: the ones to sample."""
+        if self._sampleable_cache is None:
+            occupied = self.occupied_slots()
+            if len(occupied):
+                stamp = self.written().get(STAMP)[occupied]
+                occupied = occupied[stamp < self._refreshed_stamp]
+            self._sampleable_cache = occupied
+        return self._sampleable_cache
 
     def _episode_ids(self, data: TensorDictBase) -> torch.Tensor:
         trajectory = data.get(self.trajectory_key).reshape(-1)
@@ -126,19 +146,21 @@ class EpisodeWriter(Writer):
         evicted = torch.isin(episode, ids[by_age[:enough]])
         freed = slots[evicted]
         occupied[freed] = False
-        self._occupied_cache = None
+        self._drop_caches()
         self.written().set_at_(
             OCCUPIED, torch.zeros(len(freed), dtype=torch.bool), freed
         )
 
     def _empty(self, empty_write_count: bool = True) -> None:
-        self._next_stamp = self._next_episode = self._high_water = 0
-        self._occupied_cache = None
+        self._next_stamp = self._refreshed_stamp = 0
+        self._next_episode = self._high_water = 0
+        self._drop_caches()
         self._open.clear()
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "next_stamp": self._next_stamp,
+            "refreshed_stamp": self._refreshed_stamp,
             "next_episode": self._next_episode,
             "high_water": self._high_water,
             "open": dict(self._open),
@@ -146,9 +168,10 @@ class EpisodeWriter(Writer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._next_stamp = int(state_dict["next_stamp"])
+        self._refreshed_stamp = int(state_dict["refreshed_stamp"])
         self._next_episode = int(state_dict["next_episode"])
         self._high_water = int(state_dict["high_water"])
-        self._occupied_cache = None
+        self._drop_caches()
         self._open = {int(k): int(v) for k, v in state_dict["open"].items()}
 
     def dumps(self, path) -> None:
@@ -163,18 +186,30 @@ class EpisodeWriter(Writer):
 
 
 class StoredTransitionSampler(Sampler):
-    """Uniform sampling, with replacement, of the slots an EpisodeWriter occupies."""
+    """Uniform sampling, with replacement, of the refreshed transitions.
+
+    Transitions written since the last refresh hold no return yet and are not
+    sampled; a memory with none refreshed refuses to sample.
+    """
 
     def __init__(self, writer: EpisodeWriter) -> None:
         super().__init__()
         self.writer = writer
 
     def sample(self, storage, batch_size: int) -> tuple[torch.Tensor, dict]:
-        occupied = self.writer.occupied_slots()
-        if not len(occupied):
-            raise RuntimeError("Cannot sample from an empty EpisodicMemory.")
-        pick = torch.randint(len(occupied), (batch_size,), device=occupied.device)
-        return occupied[pick], {}
+        slots = self.writer.sampleable_slots()
+        if not len(slots):
+            stored = len(self.writer.occupied_slots())
+            if not stored:
+                raise RuntimeError("Cannot sample from an empty EpisodicMemory.")
+            raise RuntimeError(
+                f"None of the {stored} transitions in this EpisodicMemory has a "
+                "return yet: call memory.refresh(estimator) after extend() and "
+                "before sampling (transitions written since the last refresh are "
+                "not sampled)."
+            )
+        pick = torch.randint(len(slots), (batch_size,), device=slots.device)
+        return slots[pick], {}
 
     def _empty(self) -> None:
         pass
@@ -200,15 +235,18 @@ class EpisodicMemory(TensorDictReplayBuffer):
     :meth:`refresh` recomputes ``memory_return`` of every stored transition in place
     with a :class:`~torchrl_gem.TwinBackPropEstimator`; a trajectory still running
     is treated as cut at its newest stored step. When full it evicts whole oldest
-    episodes, so no stale partial episode remains. New entries start with the
-    discounted reward-to-go observed in their batch as ``memory_return``.
+    episodes, so no stale partial episode remains.
+
+    Only refreshed transitions are sampled: entries written since the last
+    :meth:`refresh` hold no return yet (``NaN``, or the ``memory_return`` given to
+    :meth:`extend`, overwritten by the next refresh), so critics never regress onto
+    placeholders, and sampling before any refresh raises.
 
     Keyword Args:
         capacity (int): most transitions held. Defaults to ``100_000``.
         storage (str): ``"tensor"`` (RAM or ``device``) or ``"memmap"`` (disk-backed,
             under ``scratch_dir``). Defaults to ``"tensor"``.
         batch_size (int, optional): default sample size.
-        gamma (float): discount of the initial ``memory_return``. Defaults to 0.99.
         device (torch.device, optional): device of a tensor storage.
         scratch_dir (str, optional): folder of a memmap storage.
         trajectory_key (NestedKey): per-step trajectory id, as written by TorchRL
@@ -234,8 +272,10 @@ class EpisodicMemory(TensorDictReplayBuffer):
         ...                     terminated=torch.zeros(T, 1, dtype=torch.bool)),
         ...     batch_size=[T])
         >>> _ = memory.extend(batch)
-        >>> len(memory), memory.sample()["memory_return"].shape
-        (10, torch.Size([4, 2]))
+        >>> len(memory), memory.num_episodes
+        (10, 1)
+        >>> # memory.refresh(loss.value_estimator); then memory.sample() is a batch
+        >>> # of 4 transitions with their twin returns, "memory_return" [4, 2]
     """
 
     def __init__(
@@ -244,7 +284,6 @@ class EpisodicMemory(TensorDictReplayBuffer):
         capacity: int = 100_000,
         storage: Literal["tensor", "memmap"] = "tensor",
         batch_size: int | None = None,
-        gamma: float = 0.99,
         device: torch.device | str | None = None,
         scratch_dir: str | None = None,
         trajectory_key: NestedKey = ("collector", "traj_ids"),
@@ -274,7 +313,6 @@ class EpisodicMemory(TensorDictReplayBuffer):
             batch_size=batch_size,
             transform=transform,
         )
-        self.gamma = gamma
         self.trajectory_key = trajectory_key
         self.memory_return_key = memory_return_key
         self.done_key = done_key
@@ -286,13 +324,12 @@ class EpisodicMemory(TensorDictReplayBuffer):
         self._validate(data)
         data = data.copy()  # shallow: the caller's batch is left as it was
         if self.memory_return_key not in data.keys(include_nested=True):
-            initial = reward2go(
-                data.get(self.reward_key),
-                data.get(self.done_key),
-                self.gamma,
-                time_dim=-2,
+            # not computed yet; never sampled before the next refresh
+            reward = data.get(self.reward_key)
+            data.set(
+                self.memory_return_key,
+                reward.new_full((*data.batch_size, 2), float("nan")),
             )
-            data.set(self.memory_return_key, initial.expand(*data.batch_size, 2))
         return super().extend(data.reshape(-1), **kwargs)
 
     def __len__(self) -> int:
@@ -324,11 +361,9 @@ class EpisodicMemory(TensorDictReplayBuffer):
             slots, last_step = self._ordered_slots()
             stored = self._writer.written()
             data = stored.select(*estimator.in_keys, strict=True)[slots]
-            done_key = ("next", estimator.tensor_keys.done)
-            ends = last_step.unsqueeze(-1).to(data.get(done_key).device)
-            data.set(done_key, data.get(done_key) | ends)
-            returns = estimator.twin_returns(data)
+            returns = estimator.twin_returns(data, cut=last_step.unsqueeze(-1))
             stored.set_at_(self.memory_return_key, returns.to(stored.device), slots)
+            self._writer.mark_refreshed()
 
     def _ordered_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Occupied slots in (episode, arrival) order, and a mask of episode ends."""
@@ -355,6 +390,17 @@ class EpisodicMemory(TensorDictReplayBuffer):
                     else ""
                 )
                 raise KeyError(f"EpisodicMemory.extend: missing entry {key!r}.{hint}")
+        flags = [self.done_key, ("next", "terminated"), ("next", "truncated")]
+        for key in flags:
+            value = data.get(key, None)
+            if value is not None and value.dtype != torch.bool:
+                raise ValueError(
+                    f"EpisodicMemory.extend: {key!r} must be a bool tensor, got "
+                    f"{value.dtype}."
+                )
+        memory_return = data.get(self.memory_return_key, None)
+        if memory_return is not None:
+            check_memory_return(memory_return, data.batch_size, self.memory_return_key)
         for key in self.check_finite:
             value = data.get(key, None)
             if value is not None and not torch.isfinite(value).all():
