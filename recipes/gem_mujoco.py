@@ -4,8 +4,9 @@ Built from TorchRL parts: ``GymEnv`` environments, a ``Collector`` (uniform rand
 warm-up, then the actor plus ``AdditiveGaussianModule`` noise), ``torchrl_gem``'s
 ``EpisodicMemory`` as the replay memory, and ``torchrl.trainers.Trainer`` with GEM's
 schedule as hooks (``torchrl_gem.trainer``). Per collected batch of 100 frames the
-trainer runs: bulk target update -> memory refresh -> 200 critic steps with an actor
-step every 2nd -> evaluation every 10k frames -> checkpoint.
+trainer runs: bulk target update -> memory refresh (every ``memory.refresh_every``
+batches) -> 200 critic steps with an actor step every 2nd -> evaluation every 10k
+frames -> checkpoint.
 
 Run from the repository root::
 
@@ -25,7 +26,8 @@ every 2k frames. Expect a Hopper return of a few hundred, a demo, not a result::
 
 The full paper budget is the default, ``collector.total_frames=1000000`` (15-20 h of
 2 CPU cores for GEM). Every option is documented in ``gem_mujoco.yaml``; ``algo``
-picks an entry of its ``algos`` table (gem, td3, bp, gem_paired, td3_tbp).
+picks an entry of its ``algos`` table (gem, td3, bp, bp_4critics, gem_paired,
+td3_tbp).
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ PRESET_FIELDS = (
     "loss",
     "returns",
     "single_estimator",
+    "memory_noise",
     "target_assignment",
     "memory",
     "num_critics",
@@ -126,6 +129,7 @@ PRESET_FIELDS = (
     "updates_per_batch",
     "target_update",
 )
+PRESET_FLAGS = ("single_estimator", "memory_noise", "layer_norm", "reinject_action")
 PRESET_CHOICES = {
     "returns": ("tbp", "td0"),
     "target_assignment": ("broadcast", "paired"),
@@ -172,6 +176,12 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         _require(
             preset[key] in choices, f"{field}.{key}", _unknown(preset[key], choices)
         )
+    for key in PRESET_FLAGS:
+        _require(
+            isinstance(preset[key], bool),
+            f"{field}.{key}",
+            f"must be true or false, got {preset[key]!r}",
+        )
     _check_int(cfg, f"{field}.updates_per_batch")
     _check_int(cfg, f"{field}.num_critics")
     if preset.returns == "tbp":
@@ -211,7 +221,7 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         "memory.storage",
         _unknown(cfg.memory.storage, ("tensor", "memmap")),
     )
-    _check_int(cfg, "memory.refresh_interval")
+    _check_int(cfg, "memory.refresh_every")  # whole batches: no refresh mid-batch
     if cfg.memory.value_chunk_size is not None:
         _check_int(cfg, "memory.value_chunk_size")
     _require(
@@ -412,10 +422,14 @@ def make_td3_loss(cfg, preset, actor, critics, spec, noise_scale):
 def attach_value_estimator(loss, cfg: DictConfig, preset: DictConfig) -> None:
     """GEM returns (any loss, through ``TwinBackPropEstimator.for_loss``) or TD(0).
 
-    Call it after the target updater exists: the estimator reads target parameters.
+    The memory's target actions carry the loss's smoothing noise, or none with
+    ``memory_noise: false`` (the released BP agent). Call it after the target updater
+    exists: the estimator reads target parameters.
     """
     if preset.returns == "tbp":
         kwargs = _estimator_kwargs(cfg, preset)
+        if not preset.memory_noise:
+            kwargs["policy_noise"] = 0.0
         loss.make_value_estimator(TwinBackPropEstimator.for_loss(loss, **kwargs))
     else:
         loss.make_value_estimator(gamma=cfg.optim.gamma)
@@ -426,6 +440,29 @@ def attach_value_estimator(loss, cfg: DictConfig, preset: DictConfig) -> None:
 LOSS_BUILDERS = {"gem": make_gem_loss, "td3": make_td3_loss}
 
 
+def make_agent(cfg: DictConfig, preset: DictConfig, obs_dim: int, spec: Bounded):
+    """The actor, the loss with its value estimator, and the target updater.
+
+    Returns ``(actor, loss, per_step_target, bulk_target)``: one of the last two is
+    ``None`` (``target_update`` delayed: a SoftUpdate stepped with the actor; bulk: a
+    hook run once per batch).
+    """
+    half_range = (spec.space.high - spec.space.low) / 2
+    actor, critics = make_networks(cfg, preset, obs_dim, spec)
+    loss = LOSS_BUILDERS[preset.loss](
+        cfg, preset, actor, critics, spec, half_range[0].item()
+    )
+    per_step_target = bulk_target = None
+    if preset.target_update == "delayed":
+        per_step_target = SoftUpdate(loss, tau=cfg.optim.tau)
+    else:
+        bulk_target = BulkTargetUpdateHook(
+            loss, tau=cfg.optim.tau, num_updates=preset.updates_per_batch
+        )
+    attach_value_estimator(loss, cfg, preset)
+    return actor, loss, per_step_target, bulk_target
+
+
 def make_memory(cfg: DictConfig, preset: DictConfig):
     """GEM's episodic memory, or a plain uniform TorchRL replay buffer (TD3)."""
     if preset.memory == "episodic":
@@ -433,7 +470,6 @@ def make_memory(cfg: DictConfig, preset: DictConfig):
             capacity=cfg.memory.capacity,
             storage=cfg.memory.storage,
             batch_size=cfg.optim.batch_size,
-            gamma=cfg.optim.gamma,
             scratch_dir=cfg.memory.scratch_dir,
         )
     storage = (
@@ -770,10 +806,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     obs_dim = train_env.observation_spec["observation"].shape[-1]
 
-    actor, critics = make_networks(cfg, preset, obs_dim, spec)
-    loss = LOSS_BUILDERS[preset.loss](
-        cfg, preset, actor, critics, spec, half_range[0].item()
-    )
+    actor, loss, per_step_target, bulk_target = make_agent(cfg, preset, obs_dim, spec)
     memory = make_memory(cfg, preset)
     policy = make_exploration_policy(
         actor, spec, cfg.collector.exploration_sigma * half_range
@@ -789,14 +822,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         auto_register_policy_transforms=False,  # no recurrent policy: nothing to add
     )
     actor_optim, critic_optim = make_optimizers(cfg, loss)
-    per_step_target = bulk_target = None
-    if preset.target_update == "delayed":
-        per_step_target = SoftUpdate(loss, tau=cfg.optim.tau)
-    else:
-        bulk_target = BulkTargetUpdateHook(
-            loss, tau=cfg.optim.tau, num_updates=preset.updates_per_batch
-        )
-    attach_value_estimator(loss, cfg, preset)
     stepper = DelayedActorStepper(
         actor_optim,
         critic_optim,
@@ -830,7 +855,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         bulk_target.register(trainer)  # pre_optim_steps, before the refresh
     if preset.returns == "tbp":
         MemoryRefreshHook(
-            memory, loss.value_estimator, interval=cfg.memory.refresh_interval
+            memory, loss.value_estimator, every=cfg.memory.refresh_every
         ).register(trainer)  # pre_optim_steps
     UpdateWeights(collector, update_weights_interval=1).register(trainer)  # post_steps
     evaluation = EvaluationHook(

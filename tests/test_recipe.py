@@ -10,6 +10,7 @@ from __future__ import annotations
 import doctest
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -34,7 +35,7 @@ from torchrl_gem import GEMLoss, make_gem_actor, make_gem_critics  # noqa: E402
 from torchrl_gem.trainer import BulkTargetUpdateHook, FiniteCheckHook  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ALGOS = ("gem", "td3", "bp", "gem_paired", "td3_tbp")
+ALGOS = ("gem", "td3", "bp", "bp_4critics", "gem_paired", "td3_tbp")
 
 
 def _load(name: str, path: Path):
@@ -108,6 +109,40 @@ def test_smoke_run_logs_evaluations(algo, tmp_path):
         assert summary["timing"]["memory refresh"] > 0
 
 
+def test_smoke_covers_every_preset():
+    assert set(ALGOS) == set(recipe.load_config().algos)
+
+
+# ------------------------------------------------------------------- presets
+@pytest.mark.parametrize(
+    "algo, num_critics, single, memory_noise",
+    [
+        ("bp", 2, True, 0.0),  # TD3MemBackProp as released
+        ("bp_4critics", 4, True, 0.2),  # GEM less the twin cross-evaluation
+        ("gem", 4, False, 0.2),
+    ],
+)
+def test_preset_builds_its_agent(tmp_path, algo, num_critics, single, memory_noise):
+    cfg = recipe.load_config(tiny(algo, tmp_path))
+    preset = recipe.validate_config(cfg)
+    spec = Bounded(-1.0, 1.0, shape=(3,))
+    _, loss, per_step, bulk = recipe.make_agent(cfg, preset, 11, spec)
+    assert isinstance(loss, GEMLoss) and per_step is None and bulk is not None
+    assert loss.qvalue_network_params.batch_size[0] == num_critics
+    assert loss.policy_noise == pytest.approx(0.2)  # the loss itself is unchanged
+    estimator = loss.value_estimator
+    assert estimator.qvalue_params.batch_size[0] == num_critics
+    assert estimator.single_estimator is single
+    assert estimator.policy_noise == pytest.approx(memory_noise)
+    states = TensorDict(observation=torch.randn(64, 11), batch_size=[64])
+    first = estimator.next_state_value(states)
+    second = estimator.next_state_value(states)
+    # without smoothing noise the memory values are a function of the state
+    assert torch.equal(first, second) is (memory_noise == 0.0)
+    # one estimator writes the same value in both columns
+    assert torch.equal(first[:, 0], first[:, 1]) is single
+
+
 def test_tensorboard_alongside_csv(tmp_path):
     pytest.importorskip("tensorboard")
     run(tiny("gem", tmp_path, "logger.backends=[csv,tensorboard]"))
@@ -170,6 +205,31 @@ def test_resume_equals_uninterrupted_run(resumed_runs):
     assert torch.equal(a["env"]["mujoco"], b["env"]["mujoco"])
 
 
+def test_refresh_every_two_batches_trains_and_resumes(tmp_path):
+    """Refreshes at training batches 0, 2, 4: a stop after batch 1 must resume there."""
+    extra = ("collector.total_frames=600", "memory.refresh_every=2")
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    summary = run(tiny("gem", straight, *extra))
+    assert summary["status"] == "finished" and summary["frames"] == 600
+    assert all(math.isfinite(value) for _, value in summary["evaluations"])
+    run(tiny("gem", split, *extra, "checkpoint.stop_after=300"))
+    stopped = recipe.read_checkpoint(split / "checkpoints" / "last.pt")
+    assert stopped["trainer"]["memory_refresh"] == {
+        "num_batches": 2,
+        "num_refreshes": 1,
+    }
+    resume = f"checkpoint.resume={split / 'checkpoints' / 'last.pt'}"
+    run(tiny("gem", split, *extra, resume))
+    a = recipe.read_checkpoint(straight / "checkpoints" / "last.pt")
+    b = recipe.read_checkpoint(split / "checkpoints" / "last.pt")
+    # 600 frames, 200 random: training batches at 200..600, a refresh every second one
+    assert a["trainer"]["memory_refresh"] == {"num_batches": 5, "num_refreshes": 3}
+    assert b["trainer"]["memory_refresh"] == a["trainer"]["memory_refresh"]
+    assert eval_csv(straight) == eval_csv(split)
+    for key, value in a["trainer"]["loss_module"].items():
+        assert torch.equal(value, b["trainer"]["loss_module"][key]), key
+
+
 def _resume_overrides(resumed_runs, checkpoint: Path, *extra: str) -> list[str]:
     return tiny(
         "gem",
@@ -226,6 +286,9 @@ def test_damaged_checkpoint_is_refused(resumed_runs, tmp_path, damage, message):
         ("collector.init_random_frames=-1", "collector.init_random_frames"),
         ("collector.frames_per_batch=0", "collector.frames_per_batch"),
         ("memory.capacity=0", "memory.capacity"),
+        ("memory.refresh_every=0", "memory.refresh_every"),
+        ("memory.refresh_every=1.5", "memory.refresh_every"),
+        ("algos.gem.memory_noise=no", "algos.gem.memory_noise"),
         ("optim.gamma=1.5", "optim.gamma"),
         ("gem.asymmetry=0", "gem.asymmetry"),
         ("logger.eval_interval=0", "logger.eval_interval"),
@@ -366,6 +429,32 @@ def test_finished_run_writes_its_plot(tmp_path):
 def test_trainer_hook_docstrings():
     result = doctest.testmod(gem_trainer, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_memory_refresh_hook_counts_batches():
+    class Memory:
+        def __init__(self):
+            self.calls = []
+
+        def refresh(self, estimator):
+            self.calls.append(estimator)
+
+    memory = Memory()
+    hook = gem_trainer.MemoryRefreshHook(memory, "estimator", every=3)
+    refreshed = []
+    for _ in range(4):
+        before = len(memory.calls)
+        hook()
+        refreshed.append(len(memory.calls) > before)
+    assert refreshed == [True, False, False, True]
+    resumed = gem_trainer.MemoryRefreshHook(memory, "estimator", every=3)
+    resumed.load_state_dict(hook.state_dict())  # mid-interval: the schedule goes on
+    for _ in range(3):
+        resumed()
+    assert resumed.num_refreshes == 3 and len(memory.calls) == 3
+    for every in (0, 1.5, True):
+        with pytest.raises(ValueError, match="every must be"):
+            gem_trainer.MemoryRefreshHook(memory, "estimator", every=every)
 
 
 def test_bulk_target_update_equals_sequential_polyak_steps():

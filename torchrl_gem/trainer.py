@@ -130,16 +130,17 @@ class BulkTargetUpdateHook(TrainerHookBase):
 
 
 class MemoryRefreshHook(TrainerHookBase):
-    """Refresh an episodic memory's returns every ``interval`` collected frames.
+    """Refresh an episodic memory's returns every ``every`` collected batches.
 
     Calls ``memory.refresh(estimator)``: with an
     :class:`~torchrl_gem.EpisodicMemory` and a
     :class:`~torchrl_gem.TwinBackPropEstimator` this recomputes the twin
     back-propagated return of every stored transition with the current target
-    networks. :meth:`register` places it at ``"pre_optim_steps"``: once per collected
-    batch, after warm-up, before the optimisation steps that read the returns. The
-    first call always refreshes; later calls refresh when at least ``interval``
-    frames were collected since the last refresh.
+    networks. :meth:`register` places it at ``"pre_optim_steps"``, which the trainer
+    runs once per collected batch after warm-up, before the optimisation steps that
+    read the returns. The first call refreshes, then every ``every``-th call: the
+    interval is a whole number of batches, so a refresh always falls between the
+    write of a batch and the gradient steps that follow it.
 
     Args:
         memory: any object with a ``refresh(estimator)`` method.
@@ -147,8 +148,8 @@ class MemoryRefreshHook(TrainerHookBase):
             ``loss.value_estimator``.
 
     Keyword Args:
-        interval (int): frames between two refreshes. Defaults to ``100`` (the
-            released code's ``train_freq``).
+        every (int): collected batches (calls) between two refreshes. Defaults to
+            ``1``: every batch, as the released code (once per ``train_freq`` steps).
 
     Examples:
         >>> import torch
@@ -165,43 +166,44 @@ class MemoryRefreshHook(TrainerHookBase):
         >>> _ = memory.extend(TensorDict(
         ...     observation=torch.randn(T, 3), action=torch.rand(T, 2),
         ...     collector=TensorDict(traj_ids=torch.zeros(T, dtype=torch.long)),
+        ...     step_count=torch.arange(T).unsqueeze(-1),
         ...     next=TensorDict(observation=torch.randn(T, 3), reward=torch.ones(T, 1),
         ...                     done=torch.zeros(T, 1, dtype=torch.bool),
         ...                     terminated=torch.zeros(T, 1, dtype=torch.bool)),
         ...     batch_size=[T]))
-        >>> hook = MemoryRefreshHook(memory, loss.value_estimator, interval=100)
-        >>> hook()  # standalone: refreshes; in a Trainer it runs per batch
-        >>> hook.num_refreshes
-        1
+        >>> hook = MemoryRefreshHook(memory, loss.value_estimator, every=2)
+        >>> for batch in range(3):  # in a Trainer: one call per collected batch
+        ...     hook()
+        ...     print(batch, hook.num_refreshes)
+        0 1
+        1 1
+        2 2
     """
 
-    def __init__(self, memory, estimator, *, interval: int = 100) -> None:
-        if interval < 1:
-            raise ValueError(f"interval must be >= 1 frame, got {interval}.")
+    def __init__(self, memory, estimator, *, every: int = 1) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1 batch, got {every!r}.")
         self.memory = memory
         self.estimator = estimator
-        self.interval = int(interval)
-        self.last_refresh: int | None = None
+        self.every = every
+        self.num_batches = 0  # calls so far; the refresh falls on multiples of every
         self.num_refreshes = 0
-        self._trainer: Trainer | None = None
 
     def __call__(self) -> None:
-        frames = _frames(self._trainer)
-        if self.last_refresh is not None and frames - self.last_refresh < self.interval:
-            return
-        self.memory.refresh(self.estimator)
-        self.last_refresh = frames
-        self.num_refreshes += 1
+        due = self.num_batches % self.every == 0
+        self.num_batches += 1
+        if due:
+            self.memory.refresh(self.estimator)
+            self.num_refreshes += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_refresh": self.last_refresh, "num_refreshes": self.num_refreshes}
+        return {"num_batches": self.num_batches, "num_refreshes": self.num_refreshes}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last_refresh = state_dict["last_refresh"]
+        self.num_batches = int(state_dict["num_batches"])
         self.num_refreshes = int(state_dict["num_refreshes"])
 
     def register(self, trainer: Trainer, name: str = "memory_refresh") -> None:
-        self._trainer = trainer
         trainer.register_module(name, self)
         trainer.register_op("pre_optim_steps", self)
 
