@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import SPEC, tiny_actor, tiny_critics, tiny_loss, trajectory_batch
+from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.modules import ValueOperator
 from torchrl.objectives import SoftUpdate
 
-from torchrl_gem import GEMLoss, asymmetric_l2
+from torchrl_gem import GEMEstimators, GEMLoss, TwinBackPropEstimator, asymmetric_l2
 
 
 def batch(n=16, seed=0):
@@ -227,6 +228,40 @@ def test_missing_or_malformed_memory_return():
 
 
 @pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda r: r.long(), "memory_return.*torch.int64"),
+        (lambda r: r.bool(), "memory_return.*torch.bool"),
+        (
+            lambda r: r.index_fill(0, torch.tensor([5, 9]), float("nan")),
+            r"memory_return.*non-finite.*index \(5, 0\)",
+        ),
+        (
+            lambda r: r.index_put((torch.tensor([7]),), torch.tensor(float("inf"))),
+            r"memory_return.*non-finite.*index \(7, 0\)",
+        ),
+    ],
+)
+def test_non_float_or_non_finite_memory_return_raises(bad, message):
+    loss = tiny_loss()
+    data = batch()
+    data["memory_return"] = bad(data["memory_return"])
+    with pytest.raises(ValueError, match=message):
+        loss.value_loss(data)
+
+
+def test_non_finite_memory_return_names_the_batch_index_in_2d_batches():
+    loss = tiny_loss()
+    data = trajectory_batch(
+        3, 4, generator=torch.Generator().manual_seed(0), memory_return=True
+    )
+    data["memory_return"][2, 1, 0] = float("-inf")
+    data["memory_return"][2, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"'memory_return'.*index \(2, 1, 0\)"):
+        loss.value_loss(data)
+
+
+@pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"target_assignment": "pairs"}, "target_assignment"),
@@ -327,3 +362,119 @@ def test_reset_parameters_recursive():
         )
     ]
     assert any(changed)
+
+
+@pytest.mark.parametrize(
+    "value_type", [None, "tbp", "TBP", GEMEstimators.TBP, "instance"]
+)
+def test_value_type_is_the_registry_member(value_type):
+    loss = tiny_loss()
+    # LossModule.__init__ sets it from default_value_estimator
+    assert loss.value_type is GEMEstimators.TBP
+    if value_type == "instance":
+        loss.make_value_estimator(TwinBackPropEstimator.for_loss(loss, gamma=0.9))
+    else:
+        loss.make_value_estimator(value_type, gamma=0.9)
+    assert loss.value_type is GEMEstimators.TBP
+    assert isinstance(loss.value_estimator, TwinBackPropEstimator)
+    # the member rebuilds the same kind of estimator, as TorchRL losses allow
+    loss.make_value_estimator(loss.value_type)
+    assert loss.value_type is GEMEstimators.TBP
+
+
+class StateActionHead(nn.Module):
+    def __init__(self, hidden, action):
+        super().__init__()
+        self.linear = nn.Linear(hidden + action, 1)
+
+    def forward(self, hidden, action):
+        return self.linear(torch.cat([hidden, action], -1))
+
+
+def shared_trunk_networks(hidden=5):
+    """An actor and a critic that share one observation trunk (a single module)."""
+    trunk = TensorDictModule(nn.Linear(3, hidden), ["observation"], ["hidden"])
+    actor_head = TensorDictModule(
+        nn.Sequential(nn.Linear(hidden, 2), nn.Tanh()), ["hidden"], ["action"]
+    )
+    value_head = TensorDictModule(
+        StateActionHead(hidden, 2), ["hidden", "action"], ["state_action_value"]
+    )
+    return (
+        TensorDictSequential(trunk, actor_head),
+        TensorDictSequential(trunk, value_head),
+    )
+
+
+def is_trunk(key):
+    return key[:2] == ("module", "0")  # first module of the Sequential
+
+
+@pytest.mark.parametrize("separate_losses", [False, True])
+def test_separate_losses_shared_trunk(separate_losses):
+    torch.manual_seed(0)
+    actor, critic = shared_trunk_networks()
+    loss = GEMLoss(actor, critic, action_spec=SPEC, separate_losses=separate_losses)
+    data = batch()
+
+    loss.actor_loss(data)[0].backward()
+    assert all(
+        g is not None and g.abs().sum() > 0 for g in grads(loss.actor_network_params)
+    )
+    assert all(
+        g is None or g.abs().sum() == 0 for g in grads(loss.qvalue_network_params)
+    )
+    zero_grads(loss)
+
+    loss.value_loss(data)[0].backward()
+    assert all(
+        g is None or g.abs().sum() == 0 for g in grads(loss.actor_network_params)
+    )
+    critic_grads = {
+        key: value.grad for key, value in loss.qvalue_network_params.items(True, True)
+    }
+    assert any(is_trunk(key) for key in critic_grads)
+    for key, grad in critic_grads.items():
+        if separate_losses and is_trunk(key):
+            assert grad is None or grad.abs().sum() == 0, key
+        else:
+            assert grad is not None and grad.abs().sum() > 0, key
+
+    # a shared trunk follows the actor's updates; an unshared one is a separate copy
+    actor_weight = loss.actor_network_params["module", "0", "module", "weight"]
+    critic_weight = loss.qvalue_network_params["module", "0", "module", "weight"]
+    assert critic_weight.shape == (4, *actor_weight.shape)
+    with torch.no_grad():
+        actor_weight.add_(1.0)
+    assert torch.equal(critic_weight[0], actor_weight) is separate_losses
+    out = loss(data)  # both losses still run end to end
+    assert out["loss_qvalue"].isfinite() and out["loss_actor"].isfinite()
+
+
+def test_separate_losses_rejects_a_list_of_critics():
+    actor, critic = shared_trunk_networks()
+    critics = [critic, shared_trunk_networks()[1]]
+    with pytest.raises(ValueError, match="separate_losses"):
+        GEMLoss(actor, critics, action_spec=SPEC, separate_losses=True)
+    GEMLoss(actor, critics, action_spec=SPEC)  # the default still takes a list
+
+
+def test_separate_losses_survives_load_state_dict_and_casts():
+    torch.manual_seed(0)
+    loss = GEMLoss(*shared_trunk_networks(), action_spec=SPEC, separate_losses=True)
+    other = GEMLoss(*shared_trunk_networks(), action_spec=SPEC, separate_losses=True)
+    data = batch()
+    other.load_state_dict(loss.state_dict())
+    torch.testing.assert_close(
+        other(data.clone())["loss_qvalue"], loss(data.clone())["loss_qvalue"]
+    )
+    key = ("module", "0", "module", "weight")
+    for cast in (torch.float64, torch.float32):  # as .to(device) does, via _apply
+        other.to(cast)
+        actor_weight = other.actor_network_params[key]
+        critic_weight = other.qvalue_network_params[key]
+        assert critic_weight.dtype == cast
+        with torch.no_grad():
+            actor_weight.add_(1.0)
+        # still a view of the actor's trunk, not a frozen copy
+        assert torch.equal(critic_weight[-1], actor_weight)

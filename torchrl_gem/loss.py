@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from tensordict import NestedKey, TensorDict, TensorDictBase, TensorDictParams
 from tensordict.nn import TensorDictModule, dispatch
-from torch import Tensor
+from torch import Tensor, nn
 from torchrl.data import Bounded, Composite, TensorSpec
 from torchrl.objectives import LossModule
 from torchrl.objectives.value import ValueEstimatorBase
@@ -18,6 +18,7 @@ from torchrl_gem._ensemble import call_ensemble
 from torchrl_gem.estimator import (
     GEMEstimators,
     TwinBackPropEstimator,
+    check_memory_return,
     check_twin_groups,
     default_twin_groups,
 )
@@ -85,6 +86,11 @@ class GEMLoss(LossModule):
         deactivate_vmap (bool): loop over critics instead of ``torch.vmap``.
         use_prioritized_weights (str or bool): apply ``priority_weight`` from a
             prioritized buffer (``"auto"``: when present).
+        separate_losses (bool): with ``True``, parameters the critic shares with the
+            actor (a common trunk) are trained by the actor loss only: the critics
+            read them, detached, from the actor. With ``False`` (default) the critics
+            get their own, resampled copy of them, trained by the critic loss. Needs
+            a single critic template (a list of critics raises ``ValueError``).
 
     The critic loss is summed over critics (as TorchRL's TD3) and averaged over the
     twin columns in ``"broadcast"`` mode, so each critic's per-sample minimiser is
@@ -168,9 +174,17 @@ class GEMLoss(LossModule):
         reduction: str | None = None,
         deactivate_vmap: bool = False,
         use_prioritized_weights: str | bool = "auto",
+        separate_losses: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(qvalue_network, (list, tuple)):
+            if separate_losses:
+                # convert_to_functional ignores compare_against for a list: the shared
+                # parameters would stay trainable by the critic loss
+                raise ValueError(
+                    "separate_losses=True needs a single critic template, not a list "
+                    "of critics: pass one qvalue_network and num_qvalue_nets."
+                )
             num_qvalue_nets = len(qvalue_network)
         if twin_groups is None:
             twin_groups = default_twin_groups(num_qvalue_nets)
@@ -202,16 +216,49 @@ class GEMLoss(LossModule):
         self.convert_to_functional(
             actor_network, "actor_network", create_target_params=delay_actor
         )
+        # with separate_losses, parameters shared with the actor enter the critic
+        # params as detached expansions of the actor's: only the actor loss trains them
+        shared = list(actor_network.parameters()) if separate_losses else None
         self.convert_to_functional(
             qvalue_network,
             "qvalue_network",
             num_qvalue_nets,
             create_target_params=delay_qvalue,
+            compare_against=shared,
         )
+        self._shared_with_actor = self._find_shared_params()
+        if self._shared_with_actor:
+            self.register_load_state_dict_pre_hook(_skip_shared_params)
         low, high = _action_bounds(action_spec, bounds, self.tensor_keys.action)
         device = next(iter(self.parameters())).device
         self.register_buffer("min_action", low.to(device))
         self.register_buffer("max_action", high.to(device))
+
+    # ------------------------------------------------ separate_losses sharing
+    def _find_shared_params(self) -> dict[tuple, tuple]:
+        """Critic key -> actor key of the critic entries that view an actor param."""
+        actor = {
+            (value.data_ptr(), value.shape): key
+            for key, value in self.actor_network_params.items(True, True)
+        }
+        return {
+            key: actor[value.data_ptr(), value.shape[1:]]
+            for key, value in self.qvalue_network_params.items(True, True)
+            if not isinstance(value, nn.Parameter)
+            and value.stride(0) == 0
+            and (value.data_ptr(), value.shape[1:]) in actor
+        }
+
+    def _apply(self, fn, *args, **kwargs):
+        # a cast or device move copies the critic's views of the actor's params
+        # into private, untrained buffers: point them at the moved actor params
+        out = super()._apply(fn, *args, **kwargs)
+        for critic_key, actor_key in self._shared_with_actor.items():
+            actor_param = self.actor_network_params.get(actor_key)
+            self.qvalue_network_params.get(critic_key).data = actor_param.data.expand(
+                self.num_qvalue_nets, *actor_param.shape
+            )
+        return out
 
     # ----------------------------------------------------------------- keys
     def _forward_value_estimator_keys(self, **kwargs) -> None:
@@ -285,11 +332,7 @@ class GEMLoss(LossModule):
         target = tensordict.get(key, None)
         if target is None:
             raise KeyError(_MISSING_RETURN.format(key=key))
-        if target.shape != (*tensordict.batch_size, 2):
-            raise ValueError(
-                f"{key!r} must have shape {(*tensordict.batch_size, 2)} (batch, twin "
-                f"columns), got {tuple(target.shape)}."
-            )
+        check_memory_return(target, tensordict.batch_size, key)
         target = target.detach()
         prediction = self._critic_values(tensordict, self.qvalue_network_params)
         twin_targets = target.movedim(-1, 0)  # [2, *B]
@@ -338,9 +381,18 @@ class GEMLoss(LossModule):
                 :class:`~torchrl_gem.TwinBackPropEstimator` with ``hyperparams``
                 (``gamma`` defaults to ``0.99``); an estimator instance is used as is.
             **hyperparams: keyword arguments of the estimator.
+
+        Afterwards :attr:`value_type` is ``GEMEstimators.TBP`` (as TorchRL's losses
+        hold a ``ValueEstimators`` member), or the class of a foreign estimator
+        instance.
         """
         if isinstance(value_type, ValueEstimatorBase):
             self._value_estimator = value_type
+            # a foreign estimator has no registry member: keep its type (LossModule's
+            # convention for instances)
+            if not isinstance(value_type, TwinBackPropEstimator):
+                self.value_type = type(value_type)
+                return self
         elif value_type in (None, GEMEstimators.TBP, TwinBackPropEstimator) or (
             isinstance(value_type, str)
             and value_type.lower() in ("tbp", "twin_backprop")
@@ -352,8 +404,17 @@ class GEMLoss(LossModule):
                 f"GEMLoss supports the twin back-propagation estimator only, got "
                 f"value_type={value_type!r}."
             )
-        self.value_type = type(self._value_estimator)
+        self.value_type = GEMEstimators.TBP
         return self
+
+
+def _skip_shared_params(module: GEMLoss, state_dict, prefix, *args) -> None:
+    """Drop the critic's views of actor params: the actor's own entries load them.
+
+    (Copying into the stride-0 view would fail.)
+    """
+    for key in module._shared_with_actor:
+        state_dict.pop(f"{prefix}qvalue_network_params.{'.'.join(key)}", None)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
