@@ -6,6 +6,9 @@
 - :func:`rng_state` / :func:`set_rng_state`: torch, NumPy and Python generators.
 - :func:`capture_env_state` / :func:`restore_env_state`: the exact state of a
   Gymnasium MuJoCo environment wrapped by TorchRL's ``GymEnv``.
+- :class:`RunCheckpoint`: everything that resumes a :class:`torchrl.trainers.Trainer`
+  run bit for bit (trainer, collector step, environment, RNG), tagged with the run's
+  identity and checked against the run that loads it.
 - :class:`StopSignal` and :class:`CheckpointHook`: a :class:`torchrl.trainers.Trainer`
   hook that saves periodically, at the end and on SIGINT/SIGTERM, then stops.
 """
@@ -18,21 +21,32 @@ import os
 import random
 import signal
 import threading
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torchrl import timeit
 from torchrl._utils import logger as torchrl_logger
-from torchrl.envs import EnvBase, TransformedEnv
+from torchrl.envs import EnvBase
 from torchrl.trainers import Trainer, TrainerHookBase
+
+from torchrl_gem._compat import (
+    check_versions,
+    collector_carrier,
+    collector_trajectory_pool,
+    elapsed_steps,
+    gym_env,
+    set_elapsed_steps,
+)
 
 __all__ = [
     "CheckpointError",
     "CheckpointHook",
+    "RunCheckpoint",
     "StopSignal",
     "capture_env_state",
     "read_checkpoint",
@@ -128,8 +142,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # one treated as cut.
 def capture_env_state(env: EnvBase) -> dict[str, Any] | None:
     """The MuJoCo env's full state, or ``None`` for other environments."""
-    gym_env = _gym_env(env)
-    core = gym_env.unwrapped
+    gym = gym_env(env)
+    core = gym.unwrapped
     if not (hasattr(core, "model") and hasattr(core, "data")):
         return None
     import mujoco
@@ -137,7 +151,7 @@ def capture_env_state(env: EnvBase) -> dict[str, Any] | None:
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     state = np.empty(mujoco.mj_stateSize(core.model, spec))
     mujoco.mj_getState(core.model, core.data, state, spec)
-    elapsed = [getattr(w, "_elapsed_steps", None) for w in _wrappers(gym_env)]
+    elapsed = [elapsed_steps(wrapper) for wrapper in _wrappers(gym)]
     return {
         "mujoco": torch.from_numpy(state),
         "elapsed_steps": elapsed,
@@ -148,22 +162,14 @@ def capture_env_state(env: EnvBase) -> dict[str, Any] | None:
 def restore_env_state(env: EnvBase, state: dict[str, Any]) -> None:
     import mujoco
 
-    gym_env = _gym_env(env)
-    core = gym_env.unwrapped
+    gym = gym_env(env)
+    core = gym.unwrapped
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     mujoco.mj_setState(core.model, core.data, state["mujoco"].numpy(), spec)
-    for wrapper, elapsed in zip(
-        _wrappers(gym_env), state["elapsed_steps"], strict=True
-    ):
+    for wrapper, elapsed in zip(_wrappers(gym), state["elapsed_steps"], strict=True):
         if elapsed is not None:
-            wrapper._elapsed_steps = elapsed
+            set_elapsed_steps(wrapper, elapsed)
     core.np_random.bit_generator.state = state["np_random"]
-
-
-def _gym_env(env):
-    """The Gymnasium env inside a TorchRL ``GymEnv``, transformed or not."""
-    base = env.base_env if isinstance(env, TransformedEnv) else env
-    return base._env
 
 
 def _wrappers(gym_env) -> list:
@@ -171,6 +177,150 @@ def _wrappers(gym_env) -> list:
     while hasattr(chain[-1], "env"):
         chain.append(chain[-1].env)
     return chain
+
+
+class RunCheckpoint:
+    """Save and restore a whole :class:`~torchrl.trainers.Trainer` run.
+
+    A checkpoint holds the trainer's state (networks, optimisers, replay memory and
+    every registered hook), the collector's running step, the training env's exact
+    state where it can be captured (MuJoCo) and all RNG states, plus ``identity``:
+    the settings a resuming run must share (task, algorithm, seed, sizes...).
+    :meth:`read` refuses a damaged file or one of another run before anything is
+    built; :meth:`restore` checks that the built run has the saved layout, then loads
+    it. Envs whose state cannot be captured resume with a fresh episode, the stored
+    running one closed as a cut (``memory.close_open_episodes()``), with a warning.
+
+    Args:
+        trainer (Trainer): the run, all modules registered.
+        collector: its TorchRL ``Collector`` (single process).
+        env (EnvBase): the collector's environment.
+        path (Path): where :meth:`save` writes.
+        identity (dict): settings a resuming run must share.
+
+    Keyword Args:
+        memory: the replay memory (``close_open_episodes`` on inexact resumes).
+        extra (dict): small JSON-like values saved alongside (e.g. the run dir).
+    """
+
+    KEYS = ("identity", "trainer", "env", "carrier", "rng")
+
+    def __init__(
+        self, trainer, collector, env, path, identity, *, memory=None, extra=None
+    ):
+        self.trainer, self.collector, self.env = trainer, collector, env
+        self.path = Path(path)
+        self.identity = identity
+        self.memory = memory
+        self.extra = dict(extra or {})
+        check_versions()  # exact resume reads private attributes: warn on drift
+
+    def save(self) -> Path:
+        payload = {
+            **self.extra,
+            "identity": self.identity,
+            "frames": self.trainer.collected_frames,
+            "trainer": self.trainer.state_dict(),
+            "env": capture_env_state(self.env),
+            "carrier": collector_carrier(self.collector).clone().to_dict(),
+            "rng": rng_state(),
+        }
+        write_checkpoint(self.path, payload)
+        return self.path
+
+    @classmethod
+    def read(cls, path: Path, identity: dict) -> dict:
+        """Read ``path``, refusing it when its identity differs from ``identity``."""
+        payload = read_checkpoint(path, required=cls.KEYS)
+        saved = payload["identity"]
+        problems = [
+            f"{key}: checkpoint has {saved.get(key)!r}, this run has {value!r}"
+            for key, value in identity.items()
+            if saved.get(key) != value
+        ]
+        if problems:
+            raise CheckpointError(
+                f"{path} belongs to another run and was not loaded:\n  "
+                + "\n  ".join(problems)
+            )
+        return payload
+
+    def restore(self, payload: dict, path: Path) -> None:
+        """Load a payload from :meth:`read` into this freshly built run."""
+        self._check_layout(payload, path)
+        self.trainer.load_state_dict(payload["trainer"])
+        if payload["env"] is not None:
+            restore_env_state(self.env, payload["env"])
+            carrier = collector_carrier(self.collector)
+            carrier.update(TensorDict(payload["carrier"], carrier.batch_size))
+            # Collector.load_state_dict drew a fresh trajectory id: continue the old
+            collector_trajectory_pool(self.collector).load_state_dict(
+                payload["trainer"]["collector"]["traj_pool"]
+            )
+        else:
+            warnings.warn(
+                "This environment's state cannot be saved: the run resumes with a "
+                "new episode and is not bit-identical to an uninterrupted one.",
+                stacklevel=2,
+            )
+            if hasattr(self.memory, "close_open_episodes"):
+                self.memory.close_open_episodes()
+        set_rng_state(payload["rng"])
+
+    def _check_layout(self, payload: dict, path: Path) -> None:
+        """Same components, parameter shapes, optimiser layout and env state."""
+        saved, current = payload["trainer"], self.trainer.state_dict()
+        problems = []
+        env_now, env_saved = capture_env_state(self.env), payload["env"]
+        if (env_now is None) != (env_saved is None) or (
+            env_now is not None
+            and (
+                env_now["mujoco"].shape != env_saved["mujoco"].shape
+                or len(env_now["elapsed_steps"]) != len(env_saved["elapsed_steps"])
+            )
+        ):
+            problems.append("the environment's state layout differs")
+        if set(saved) != set(current):
+            problems.append(f"components {sorted(saved)} != {sorted(current)}")
+        else:
+            want = _shapes(current["loss_module"])
+            have = _shapes(saved["loss_module"])
+            if want != have:
+                diff = sorted(set(want.items()) ^ set(have.items()))[:5]
+                problems.append(f"network parameters differ, e.g. {diff}")
+            for name, groups in _param_groups(saved["optimization_stepper"]).items():
+                expected = _param_groups(current["optimization_stepper"]).get(name)
+                if groups != expected:
+                    problems.append(
+                        f"{name} has {groups} parameters, expected {expected}"
+                    )
+        if problems:
+            raise CheckpointError(
+                f"{path} does not fit this run and was not loaded: "
+                + "; ".join(problems)
+            )
+
+
+def _shapes(tree, prefix: str = "") -> dict[str, Any]:
+    """Flattened key -> shape (tensors) / type name (leaves) of a state dict."""
+    out = {}
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            out.update(_shapes(value, f"{prefix}/{key}"))
+    elif isinstance(tree, torch.Tensor):
+        out[prefix] = tuple(tree.shape)
+    else:
+        out[prefix] = type(tree).__name__
+    return out
+
+
+def _param_groups(stepper_state: dict) -> dict[str, list[int]]:
+    """Parameter count per group of each optimiser state in ``stepper_state``."""
+    return {
+        name: [len(group["params"]) for group in state["param_groups"]]
+        for name, state in stepper_state.items()
+        if isinstance(state, dict) and "param_groups" in state
+    }
 
 
 class StopSignal:

@@ -1,0 +1,245 @@
+"""The ``make_*`` builders of the recipes: environments, agents, memories, optimisers.
+
+Each reads the composed config (``config.py``); ``cfg.algo`` is the chosen variant of
+the ``algo`` config group. A new loss is one builder in :data:`LOSS_BUILDERS` plus a
+file in ``algo/``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from config import ConfigError
+from omegaconf import DictConfig
+from tensordict.nn import TensorDictSequential
+from torchrl import timeit
+from torchrl.collectors import Collector
+from torchrl.data import (
+    Bounded,
+    LazyMemmapStorage,
+    LazyTensorStorage,
+    RandomSampler,
+    TensorDictReplayBuffer,
+)
+from torchrl.envs import (
+    Compose,
+    DoubleToFloat,
+    GymEnv,
+    RewardSum,
+    StepCounter,
+    TransformedEnv,
+)
+from torchrl.modules import AdditiveGaussianModule
+from torchrl.objectives import SoftUpdate, TD3Loss
+
+from torchrl_gem import (
+    EpisodicMemory,
+    GEMLoss,
+    TwinBackPropEstimator,
+    make_gem_actor,
+    make_gem_critics,
+)
+from torchrl_gem.trainer import BulkTargetUpdateHook
+
+
+# ---------------------------------------------------------------------------
+# Environments
+# ---------------------------------------------------------------------------
+def make_env(cfg: DictConfig, seed: int) -> TransformedEnv:
+    """GymEnv + float32 observations + episode step counter + episode return.
+
+    ``done``, ``terminated`` (no bootstrap) and ``truncated`` (the time limit) stay
+    distinct, as Gymnasium reports them.
+    """
+    try:
+        base = GymEnv(cfg.env.name, max_episode_steps=cfg.env.max_episode_steps)
+    except Exception as err:  # noqa: BLE001 - any failure is reported with the field
+        raise ConfigError(f"env.name: cannot create {cfg.env.name!r}: {err}") from err
+    env = TransformedEnv(base, Compose(DoubleToFloat(), StepCounter(), RewardSum()))
+    env.set_seed(seed)
+    return env
+
+
+def action_half_range(env: TransformedEnv, name: str) -> tuple[Bounded, torch.Tensor]:
+    """The bounded action spec and its half-range (normalised noise -> env units)."""
+    spec = env.action_spec
+    if not (
+        isinstance(spec, Bounded)
+        and bool(torch.isfinite(spec.space.low).all())
+        and bool(torch.isfinite(spec.space.high).all())
+    ):
+        raise ConfigError(
+            f"env.name: {name} needs a bounded continuous action space, got "
+            f"{type(spec).__name__}"
+        )
+    if env.observation_spec["observation"].ndim != 1:
+        raise ConfigError(f"env.name: {name} needs a flat 'observation'")
+    half_range = (spec.space.high - spec.space.low) / 2
+    if not bool((half_range == half_range[0]).all()):
+        raise ConfigError(
+            f"env.name: {name} has action bounds of different widths; the "
+            "normalised noise settings need equal half-ranges"
+        )
+    return spec, half_range
+
+
+# ---------------------------------------------------------------------------
+# Agent: networks, losses, value estimator, target updates
+# ---------------------------------------------------------------------------
+def make_networks(cfg: DictConfig, obs_dim: int, spec: Bounded):
+    """The deterministic actor and the critics; GEM's reference nets or plain MLPs."""
+    algo, sizes = cfg.algo, tuple(cfg.network.hidden_sizes)
+    actor = make_gem_actor(
+        obs_dim,
+        spec,
+        hidden_sizes=sizes,
+        layer_norm=algo.layer_norm,
+        init=cfg.network.init,
+    )
+    critics = make_gem_critics(
+        obs_dim,
+        spec.shape[-1],
+        num_critics=algo.num_critics,
+        hidden_sizes=sizes,
+        layer_norm=algo.layer_norm,
+        reinject_action=algo.reinject_action,
+        init=cfg.network.init,
+    )
+    return actor, critics
+
+
+def make_gem_loss(cfg, actor, critics, spec, noise_scale):
+    return GEMLoss(
+        actor,
+        critics,
+        action_spec=spec,
+        target_assignment=cfg.algo.target_assignment,
+        asymmetry=cfg.gem.asymmetry,
+        actor_critics=cfg.gem.actor_critics,
+        policy_noise=cfg.optim.policy_noise * noise_scale,
+        noise_clip=cfg.optim.noise_clip * noise_scale,
+    )
+
+
+def make_td3_loss(cfg, actor, critics, spec, noise_scale):
+    return TD3Loss(
+        actor,
+        critics,
+        action_spec=spec,
+        num_qvalue_nets=len(critics),
+        policy_noise=cfg.optim.policy_noise * noise_scale,
+        noise_clip=cfg.optim.noise_clip * noise_scale,
+        loss_function="l2",  # stable-baselines' TD3 baseline: squared error
+    )
+
+
+# `algo.loss` -> builder(cfg, actor, critics, action_spec, noise_scale).
+LOSS_BUILDERS = {"gem": make_gem_loss, "td3": make_td3_loss}
+
+
+def attach_value_estimator(loss, cfg: DictConfig) -> None:
+    """GEM returns (any loss, through ``TwinBackPropEstimator.for_loss``) or TD(0).
+
+    The memory's target actions carry the loss's smoothing noise, or none with
+    ``algo.memory_noise: false`` (the released BP agent). Call it after the target
+    updater exists: the estimator reads target parameters.
+    """
+    if cfg.algo.returns != "tbp":
+        loss.make_value_estimator(gamma=cfg.optim.gamma)
+        return
+    kwargs: dict[str, Any] = {
+        "gamma": cfg.optim.gamma,
+        "single_estimator": cfg.algo.single_estimator,
+        "max_horizon": cfg.gem.max_horizon,
+        "zero_tail": cfg.gem.zero_tail,
+        "floor": cfg.gem.floor,
+        "value_chunk_size": cfg.memory.value_chunk_size,
+    }
+    if not cfg.algo.memory_noise:
+        kwargs["policy_noise"] = 0.0
+    loss.make_value_estimator(TwinBackPropEstimator.for_loss(loss, **kwargs))
+
+
+def make_agent(cfg: DictConfig, obs_dim: int, spec: Bounded):
+    """The actor, the loss with its value estimator, and the target updater.
+
+    Returns ``(actor, loss, per_step_target, bulk_target)``: one of the last two is
+    ``None`` (``algo.target_update`` delayed: a SoftUpdate stepped with the actor;
+    bulk: a hook run once per batch).
+    """
+    half_range = (spec.space.high - spec.space.low) / 2
+    actor, critics = make_networks(cfg, obs_dim, spec)
+    loss = LOSS_BUILDERS[cfg.algo.loss](cfg, actor, critics, spec, half_range[0].item())
+    per_step_target = bulk_target = None
+    if cfg.algo.target_update == "delayed":
+        per_step_target = SoftUpdate(loss, tau=cfg.optim.tau)
+    else:
+        bulk_target = BulkTargetUpdateHook(
+            loss, tau=cfg.optim.tau, num_updates=cfg.algo.updates_per_batch
+        )
+    attach_value_estimator(loss, cfg)
+    return actor, loss, per_step_target, bulk_target
+
+
+def make_optimizers(cfg: DictConfig, loss):
+    actor_params = list(loss.actor_network_params.values(True, True))
+    critic_params = list(loss.qvalue_network_params.values(True, True))
+    # fused: one kernel per step instead of ~10 small ops per parameter tensor
+    return (
+        torch.optim.Adam(actor_params, lr=cfg.optim.actor_lr, fused=True),
+        torch.optim.Adam(critic_params, lr=cfg.optim.critic_lr, fused=True),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Interaction and memory
+# ---------------------------------------------------------------------------
+def make_exploration_policy(actor, spec: Bounded, sigma: torch.Tensor):
+    """Actor + Gaussian noise of std ``sigma`` (env units), clipped to the bounds."""
+    noise = AdditiveGaussianModule(
+        spec=spec,
+        sigma_init=1.0,
+        sigma_end=1.0,
+        annealing_num_steps=1,
+        std=sigma.tolist(),
+    )
+    return TensorDictSequential(actor, noise)
+
+
+def make_collector(cfg: DictConfig, env, policy) -> Collector:
+    """Uniform random actions for the warm-up, then ``policy``; timed as "collect"."""
+    return Collector(
+        env,
+        policy,
+        frames_per_batch=cfg.collector.frames_per_batch,
+        total_frames=cfg.collector.total_frames,
+        init_random_frames=cfg.collector.init_random_frames or None,
+        pre_collect_hook=lambda: timeit.mark_start("collect"),
+        post_collect_hook=lambda batch: timeit.mark_end("collect"),
+        auto_register_policy_transforms=False,  # no recurrent policy: nothing to add
+    )
+
+
+def make_memory(cfg: DictConfig):
+    """GEM's episodic memory, or a plain uniform TorchRL replay buffer (TD3).
+
+    The memory's own NaN/inf guard is off: the recipes register
+    :class:`~torchrl_gem.trainer.FiniteCheckHook` before it, which names the step.
+    """
+    if cfg.algo.memory == "episodic":
+        return EpisodicMemory(
+            capacity=cfg.memory.capacity,
+            storage=cfg.memory.storage,
+            batch_size=cfg.optim.batch_size,
+            scratch_dir=cfg.memory.scratch_dir,
+            check_finite=(),
+        )
+    storage = (
+        LazyTensorStorage(cfg.memory.capacity)
+        if cfg.memory.storage == "tensor"
+        else LazyMemmapStorage(cfg.memory.capacity, scratch_dir=cfg.memory.scratch_dir)
+    )
+    return TensorDictReplayBuffer(
+        storage=storage, sampler=RandomSampler(), batch_size=cfg.optim.batch_size
+    )  # prefetch stays off: on 2 cores a prefetch thread competes with the update

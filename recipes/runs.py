@@ -1,0 +1,271 @@
+"""Run plumbing shared by the recipes: seeding, run folders, loggers, resume, the
+training call and its end-of-run summary. Nothing here is specific to GEM or to a
+task; the recipes build their agents with ``builders.py`` and hand the assembled
+:class:`~torchrl.trainers.Trainer` to :func:`train_and_summarise`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from config import plain, resolve_checkpoint_path
+from omegaconf import DictConfig, OmegaConf
+from torchrl import timeit
+from torchrl.record.loggers import get_logger
+
+from torchrl_gem.checkpoint import RunCheckpoint
+
+EVAL_SEED_OFFSET = 10_000  # evaluation episodes use their own seed stream
+
+
+def seed_everything(seed: int, num_threads: int | None) -> None:
+    """Torch threads, then torch, NumPy and Python seeds; the timers start at zero."""
+    torch.set_num_threads(num_threads or len(os.sched_getaffinity(0)))
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    timeit.erase()
+
+
+# ---------------------------------------------------------------------------
+# Identity, resume, run folder
+# ---------------------------------------------------------------------------
+def run_identity(cfg: DictConfig, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The settings (``fields``, dotted) a checkpoint must share with its run."""
+    tree = plain(cfg)
+    identity = {}
+    for field in fields:
+        value = tree
+        for part in field.split("."):
+            value = value[part]
+        identity[field] = value
+    return identity
+
+
+def read_resume(cfg: DictConfig, identity: dict) -> tuple[Path | None, dict | None]:
+    """``(path, payload)`` of ``checkpoint.resume``, checked, or ``(None, None)``."""
+    if cfg.checkpoint.resume is None:
+        return None, None
+    path = resolve_checkpoint_path(cfg.checkpoint.resume)
+    return path, RunCheckpoint.read(path, identity)
+
+
+def resolve_run_dir(cfg: DictConfig, resumed: dict | None) -> Path:
+    """``logger.run_dir``, else the resumed run's folder, else Hydra's run dir."""
+    if cfg.logger.run_dir:
+        return Path(cfg.logger.run_dir)
+    if resumed is not None and Path(resumed["run_dir"]).is_dir():
+        return Path(resumed["run_dir"])  # keep appending to the interrupted run's logs
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / cfg.env.name / cfg.algo.name / f"seed{cfg.seed}_{stamp}"
+
+
+def resume_command(path: Path | None) -> str:
+    """The command line that continues this run from ``path``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = ["<same overrides>"]
+    if HydraConfig.initialized():
+        overrides = [
+            item
+            for item in HydraConfig.get().overrides.task
+            if not item.startswith("checkpoint.resume=")
+        ]
+    script = Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "<recipe>.py"
+    return " ".join(
+        [f"python recipes/{script}", *overrides, f"checkpoint.resume={path}"]
+    )
+
+
+# ---------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------
+class FanOutLogger:
+    """Forwards every call to several TorchRL loggers (e.g. csv + wandb)."""
+
+    def __init__(self, loggers: list) -> None:
+        self.loggers = loggers
+
+    def __getattr__(self, name: str):
+        methods = [getattr(logger, name) for logger in self.loggers]
+        return lambda *args, **kwargs: [method(*args, **kwargs) for method in methods]
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The config as a flat ``{"optim.actor_lr": 3e-4, ...}`` of scalars.
+
+    TensorBoard's hparams accept nothing else.
+    """
+    flat, stack = {}, [("", plain(cfg))]
+    while stack:
+        prefix, node = stack.pop()
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                stack.append((f"{name}.", value))
+            else:
+                keep = isinstance(value, (int, float, str, bool))
+                flat[name] = value if keep else str(value)
+    return dict(sorted(flat.items()))
+
+
+def make_logger(cfg: DictConfig, run_dir: Path):
+    """TorchRL loggers of ``logger.backends`` writing under ``run_dir``."""
+    name = f"{cfg.algo.name}_{cfg.env.name}_seed{cfg.seed}"
+    loggers = []
+    for backend in cfg.logger.backends:
+        backend = str(backend)
+        experiment = {"csv": "logs", "tensorboard": "tensorboard"}.get(backend, name)
+        wandb_kwargs = {
+            "project": cfg.logger.project_name,
+            "mode": cfg.logger.wandb_mode,
+            "config": plain(cfg),
+        }
+        loggers.append(
+            get_logger(
+                backend,
+                logger_name=str(run_dir),
+                experiment_name=experiment,
+                wandb_kwargs=wandb_kwargs,
+            )
+        )
+    if not loggers:
+        return None
+    return loggers[0] if len(loggers) == 1 else FanOutLogger(loggers)
+
+
+def start_logs(cfg: DictConfig, run_dir: Path, logger, resumed: bool) -> None:
+    """A new run writes its config and hyperparameters; every run its run_info."""
+    if not resumed:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(plain(cfg)))
+        if logger is not None:
+            logger.log_hparams(flat_hparams(cfg))
+    info = {
+        "env": cfg.env.name,
+        "algo": cfg.algo.name,
+        "seed": cfg.seed,
+        "total_frames": cfg.collector.total_frames,
+    }
+    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+
+
+# ---------------------------------------------------------------------------
+# Training and summary
+# ---------------------------------------------------------------------------
+TIMERS = (  # summary label -> timeit key
+    ("collect", "collect"),
+    ("memory write", "hook/extend"),
+    ("target update", "hook/bulk_target_update"),
+    ("memory refresh", "memory/refresh"),
+    ("sample", "hook/sample"),
+    ("update", "update"),
+    ("eval", "eval"),
+    ("checkpoint", "checkpoint"),
+)
+
+
+def train_and_summarise(
+    cfg: DictConfig,
+    trainer,
+    *,
+    run_dir: Path,
+    evaluation,
+    checkpointer,
+    stop_signal,
+    progress,
+    wall_start: float,
+) -> dict[str, Any]:
+    """Run ``trainer.train()`` under ``stop_signal``; log, plot and print a summary."""
+    start_frames = trainer.collected_frames
+    train_start = time.perf_counter()
+    with stop_signal:
+        progress.start()
+        try:
+            trainer.train()
+        finally:
+            progress.close()
+    train_time = time.perf_counter() - train_start
+
+    frames = trainer.collected_frames
+    totals = timeit.todict(percall=False)
+    if trainer.logger is not None:
+        trainer.logger.log_metrics(
+            {f"time/{key}": value for key, value in totals.items()}, step=frames
+        )
+    finished = frames >= cfg.collector.total_frames
+    summary = {
+        "algo": cfg.algo.name,
+        "env": cfg.env.name,
+        "seed": cfg.seed,
+        "status": "finished" if finished else f"stopped ({checkpointer.stopped_by})",
+        "signal": stop_signal.signum,
+        "frames": frames,
+        "total_frames": cfg.collector.total_frames,
+        "run_dir": str(run_dir),
+        "wall_s": time.perf_counter() - wall_start,
+        "frames_per_s": (frames - start_frames) / max(train_time, 1e-9),
+        "evaluations": list(evaluation.history),
+        "final_return": evaluation.last_return,
+        "timing": {label: totals[key] for label, key in TIMERS if key in totals},
+        "checkpoint": str(checkpointer.path) if checkpointer.path else None,
+        "plot": None,
+        "resume_hint": None if finished else resume_command(checkpointer.path),
+    }
+    if cfg.logger.plot and finished:
+        from plot import plot_runs
+
+        out = run_dir / "curves.png"
+        plot_runs([run_dir], out, quiet=True)
+        summary["plot"] = str(out)
+    print_summary(summary)
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    evals = summary["evaluations"]
+    lines = [
+        "=" * 72,
+        f"{summary['algo']} on {summary['env']} (seed {summary['seed']}): "
+        f"{summary['status']} at {summary['frames']} / {summary['total_frames']} "
+        "frames",
+        f"run dir      {summary['run_dir']}",
+        f"wall-clock   {summary['wall_s']:.1f} s this session, "
+        f"{summary['frames_per_s']:.0f} frames/s",
+    ]
+    if evals:
+        best = max(evals, key=lambda item: item[1])
+        lines.append(
+            f"evaluation   last {evals[-1][1]:.1f} (frame {evals[-1][0]}), best "
+            f"{best[1]:.1f} (frame {best[0]}), {len(evals)} evaluations"
+        )
+    timing = summary["timing"]
+    if timing:
+        total = summary["wall_s"]
+        parts = [
+            f"{k} {v:.1f}s ({100 * v / max(total, 1e-9):.0f}%)"
+            for k, v in timing.items()
+        ]
+        lines.append("time         " + ", ".join(parts[:4]))
+        if parts[4:]:
+            lines.append("             " + ", ".join(parts[4:]))
+    for label, key in (
+        ("checkpoint", "checkpoint"),
+        ("resume with", "resume_hint"),
+        ("plot", "plot"),
+    ):
+        if summary.get(key):
+            lines.append(f"{label:<12} {summary[key]}")
+    lines.append("=" * 72)
+    print("\n".join(lines))

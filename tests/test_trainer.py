@@ -1,0 +1,84 @@
+"""The Trainer hooks of torchrl_gem.trainer, each on its own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torchrl.data import Bounded
+
+import torchrl_gem.trainer as gem_trainer
+from torchrl_gem import GEMLoss, make_gem_actor, make_gem_critics
+from torchrl_gem.trainer import BulkTargetUpdateHook, FiniteCheckHook
+
+
+def test_memory_refresh_hook_counts_batches():
+    class Memory:
+        def __init__(self):
+            self.calls = []
+
+        def refresh(self, estimator):
+            self.calls.append(estimator)
+
+    memory = Memory()
+    hook = gem_trainer.MemoryRefreshHook(memory, "estimator", every=3)
+    refreshed = []
+    for _ in range(4):
+        before = len(memory.calls)
+        hook()
+        refreshed.append(len(memory.calls) > before)
+    assert refreshed == [True, False, False, True]
+    resumed = gem_trainer.MemoryRefreshHook(memory, "estimator", every=3)
+    resumed.load_state_dict(hook.state_dict())  # mid-interval: the schedule goes on
+    for _ in range(3):
+        resumed()
+    assert resumed.num_refreshes == 3 and len(memory.calls) == 3
+    for every in (0, 1.5, True):
+        with pytest.raises(ValueError, match="every must be"):
+            gem_trainer.MemoryRefreshHook(memory, "estimator", every=every)
+
+
+def test_bulk_target_update_equals_sequential_polyak_steps():
+    spec = Bounded(-1.0, 1.0, shape=(2,))
+
+    def make():
+        torch.manual_seed(0)
+        return GEMLoss(
+            make_gem_actor(3, spec, hidden_sizes=(8,)),
+            make_gem_critics(3, 2, hidden_sizes=(8,)),
+            action_spec=spec,
+        )
+
+    bulk, sequential = make(), make()
+    for loss in (bulk, sequential):
+        with torch.no_grad():  # move the online nets away from their targets
+            torch.manual_seed(1)
+            loss.actor_network_params.apply(lambda p: p.add_(torch.randn_like(p)))
+            loss.qvalue_network_params.apply(lambda p: p.add_(torch.randn_like(p)))
+    BulkTargetUpdateHook(bulk, tau=0.005, num_updates=200)()
+    one_step = gem_trainer._soft_update(sequential, 0.005)
+    for _ in range(200):
+        one_step.step()
+    for name in ("target_actor_network_params", "target_qvalue_network_params"):
+        got = getattr(bulk, name).flatten_keys()
+        want = getattr(sequential, name).flatten_keys()
+        for key in got.keys():
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
+def test_finite_check_names_env_and_episode_step():
+    observation = torch.zeros(2, 5, 3)
+    observation[1, 3, 0] = float("inf")
+    batch = TensorDict(
+        observation=observation,
+        next=TensorDict(
+            observation=torch.zeros(2, 5, 3),
+            reward=torch.zeros(2, 5, 1),
+            step_count=torch.arange(10).reshape(2, 5, 1),
+        ),
+        batch_size=[2, 5],
+    )
+    with pytest.raises(FloatingPointError) as err:
+        FiniteCheckHook()(batch)
+    assert "'observation' at environment step 8 " in str(err.value)
+    assert "env 1, episode step 8" in str(err.value)
