@@ -72,3 +72,38 @@ def test_critics_are_independent():
         make_gem_critics(4, 2, num_critics=0)
     with pytest.raises(ValueError, match="init"):
         GEMCritic(2, 1, init="kaiming")
+
+
+@pytest.mark.parametrize("layer_norm, reinject_action", [(True, True), (False, False)])
+@pytest.mark.parametrize("hidden_sizes", [(8,), (8, 6), (8, 6, 5)])
+@pytest.mark.parametrize("batch", [(5,), (2, 3)])
+def test_ensemble_forward_equals_each_critic(
+    layer_norm, reinject_action, hidden_sizes, batch
+):
+    torch.manual_seed(0)
+    critics = [
+        GEMCritic(
+            4,
+            2,
+            hidden_sizes=hidden_sizes,
+            layer_norm=layer_norm,
+            reinject_action=reinject_action,
+            init="torch",
+        )
+        for _ in range(3)
+    ]
+    params = TensorDict.from_modules(*critics, as_module=False)
+    observation, action = torch.randn(*batch, 4), torch.randn(*batch, 2)
+    values = critics[0].ensemble_forward(params, observation, action)
+    assert values.shape == (3, *batch, 1)
+    expected = []
+    for index, critic in enumerate(critics):
+        with params[index].to_module(critic):
+            expected.append(critic(observation, action))
+    torch.testing.assert_close(values, torch.stack(expected), rtol=1e-5, atol=1e-6)
+    # gradients reach each critic's own parameters, as the separate calls give them
+    leaves = list(params.values(True, True))
+    batched = torch.autograd.grad(values.square().sum(), leaves)
+    reference = torch.autograd.grad(torch.stack(expected).square().sum(), leaves)
+    for got, want in zip(batched, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from tensordict import NestedKey
+import torch.nn.functional as F
+from tensordict import NestedKey, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.data import TensorSpec
@@ -72,6 +73,36 @@ class GEMCritic(nn.Module):
             hidden = torch.cat([hidden, action], -1)
         hidden = torch.relu(self.first_norm(hidden))
         return self.head(self.body(hidden))
+
+    def ensemble_forward(
+        self, params: TensorDictBase, observation: torch.Tensor, action: torch.Tensor
+    ) -> torch.Tensor:
+        """``K`` critics of this architecture at once: ``[K, *B, 1]`` values.
+
+        ``params`` holds the ``K`` critics' parameters stacked along a leading
+        dimension (this module's parameter names, as ``TensorDict.from_module``
+        gives them). One matmul per layer serves all critics: the first layer, whose
+        input all critics share, is a single GEMM against the ``K`` weight matrices
+        side by side, the later ones batched matmuls. Same numbers as ``K`` calls of
+        :meth:`forward` up to float rounding.
+        """
+        batch = observation.shape[:-1]
+        state_action = torch.cat([observation, action], -1).flatten(0, -2)
+        weight, bias = params["first", "weight"], params["first", "bias"]
+        num_critics, width = weight.shape[:2]
+        hidden = (state_action @ weight.reshape(-1, weight.shape[-1]).T).view(
+            -1, num_critics, width
+        )
+        hidden = hidden.transpose(0, 1) + bias.unsqueeze(1)  # [K, n, width]
+        if self.reinject_action:
+            flat_action = action.reshape(1, -1, action.shape[-1])
+            hidden = torch.cat([hidden, flat_action.expand(num_critics, -1, -1)], -1)
+        norm_params = params.get("first_norm", None)
+        hidden = torch.relu(_ensemble_layer(self.first_norm, norm_params, hidden))
+        for name, layer in self.body.named_children():
+            hidden = _ensemble_layer(layer, params.get(("body", name), None), hidden)
+        value = _ensemble_layer(self.head, params["head"], hidden)
+        return value.reshape(num_critics, *batch, 1)
 
 
 def make_gem_actor(
@@ -170,6 +201,26 @@ def make_gem_critics(
         )
         for _ in range(num_critics)
     ]
+
+
+def _ensemble_layer(
+    layer: nn.Module, params: TensorDictBase | None, hidden: torch.Tensor
+) -> torch.Tensor:
+    """``layer`` applied by each of ``K`` critics to its own ``[K, n, F]`` slice."""
+    if isinstance(layer, nn.Linear):
+        return torch.baddbmm(
+            params["bias"].unsqueeze(1), hidden, params["weight"].transpose(1, 2)
+        )
+    if isinstance(layer, nn.LayerNorm):
+        normed = F.layer_norm(hidden, layer.normalized_shape, eps=layer.eps)
+        return torch.addcmul(
+            params["bias"].unsqueeze(1), normed, params["weight"].unsqueeze(1)
+        )
+    if isinstance(layer, nn.ReLU):
+        return torch.relu(hidden)
+    if isinstance(layer, nn.Identity):
+        return hidden
+    raise TypeError(f"no batched form for {type(layer).__name__}")
 
 
 def _mlp(in_features: int, hidden_sizes: Sequence[int], layer_norm: bool) -> nn.Module:
