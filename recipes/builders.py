@@ -39,6 +39,7 @@ from torchrl_gem import (
     TwinBackPropEstimator,
     make_gem_actor,
     make_gem_critics,
+    precision,
 )
 from torchrl_gem.trainer import BulkTargetUpdateHook
 
@@ -158,6 +159,7 @@ def attach_value_estimator(loss, cfg: DictConfig) -> None:
     }
     if not cfg.algo.memory_noise:
         kwargs["policy_noise"] = 0.0
+    kwargs["precision"] = network_precision(cfg)
     loss.make_value_estimator(TwinBackPropEstimator.for_loss(loss, **kwargs))
 
 
@@ -180,6 +182,11 @@ def make_agent(cfg: DictConfig, obs_dim: int, spec: Bounded):
         )
     attach_value_estimator(loss, cfg)
     return actor, loss, per_step_target, bulk_target
+
+
+def network_precision(cfg: DictConfig) -> str:
+    """``optim.precision``, or fp32 where this machine has no fast bf16."""
+    return precision.resolve(str(cfg.optim.precision), "cpu")
 
 
 def make_optimizers(cfg: DictConfig, loss):

@@ -65,6 +65,7 @@ __all__ = [
     "MujocoConfig",
     "NetworkConfig",
     "OptimConfig",
+    "Precision",
     "Range",
     "Returns",
     "Storage",
@@ -174,6 +175,11 @@ class WandbMode(Choice):
     online = "online"
     offline = "offline"
     disabled = "disabled"
+
+
+class Precision(Choice):
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
 # ---------------------------------------------------------------------------
@@ -291,6 +297,9 @@ class OptimConfig:
     noise_clip: float = bounded(0.5, low=0.0)
     # torch CPU threads for updates and refreshes; null = all cores of this process
     num_threads: int | None = positive(None)
+    # network passes (gradient steps, refresh) in bf16 autocast, fp32 master weights;
+    # falls back to fp32 (logged) where bf16 is not fast
+    precision: Precision = Precision.fp32
 
 
 @dataclass

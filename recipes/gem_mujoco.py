@@ -40,6 +40,7 @@ from builders import (
     make_exploration_policy,
     make_memory,
     make_optimizers,
+    network_precision,
 )
 from config import ConfigError, check_config, load_config  # noqa: F401 - for tests
 from omegaconf import DictConfig
@@ -116,6 +117,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             critic_optim,
             policy_delay=cfg.optim.policy_delay,
             target_updater=per_step_target,  # TD3: Polyak after each actor step
+            precision=network_precision(cfg),  # bf16 autocast, or fp32
         ),
         logger=logger,
         progress_bar=False,  # ProgressBar below: resumes at its frame, shows eval

@@ -73,6 +73,7 @@ OLD_SECTIONS = {
         "policy_noise": 0.2,
         "noise_clip": 0.5,
         "num_threads": None,
+        "precision": "fp32",
     },
     "network": {"hidden_sizes": [400, 300], "init": "glorot"},
     "gem": {

@@ -132,6 +132,12 @@ def test_preset_builds_its_agent(tmp_path, algo, num_critics, single, memory_noi
     assert torch.equal(first[:, 0], first[:, 1]) is single
 
 
+def test_bf16_run_trains(tmp_path):
+    summary = run(tiny("gem", tmp_path, "optim.precision=bf16"))
+    assert summary["status"] == "finished"
+    assert all(math.isfinite(value) for _, value in summary["evaluations"])
+
+
 def test_tensorboard_alongside_csv(tmp_path):
     pytest.importorskip("tensorboard")
     run(tiny("gem", tmp_path, "logger.backends=[csv,tensorboard]"))

@@ -22,6 +22,7 @@ from torchrl_gem.functional import (
     check_return_options,
     twin_backprop_return,
 )
+from torchrl_gem.precision import Precision, autocast
 
 __all__ = ["GEMEstimators", "TwinBackPropEstimator", "default_twin_groups"]
 
@@ -116,6 +117,10 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             :class:`~torchrl_gem.GEMCritic` critics, ``torch.vmap`` for others).
             ``None`` (default) loops on CPU, where it measured about 2x faster for
             this large-batch inference, and evaluates them together on accelerators.
+        precision (str): ``"fp32"`` (default) or ``"bf16"``: the target networks run
+            under bf16 autocast (:mod:`torchrl_gem.precision`); their values are cast
+            back to float32 before the scan. Pass a resolved value
+            (:func:`torchrl_gem.precision.resolve`).
         device (torch.device, optional): unused, accepted for TorchRL compatibility.
 
     Examples:
@@ -200,6 +205,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         target_reduction: Literal["min", "mean"] = "min",
         value_chunk_size: int | None = 2048,
         deactivate_vmap: bool | None = None,
+        precision: Precision = "fp32",
         device: torch.device | None = None,
     ) -> None:
         super().__init__(
@@ -220,6 +226,8 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             )
         if action_space == "continuous" and actor_network is None:
             raise ValueError("action_space='continuous' needs an actor_network.")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}.")
         if target_reduction not in ("min", "mean"):
             raise ValueError(
                 f"target_reduction must be 'min' or 'mean', got {target_reduction!r}."
@@ -235,6 +243,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         self.zero_tail = zero_tail
         self.floor = floor
         self.target_reduction = target_reduction
+        self.precision = precision
         # Held by reference, not registered: they belong to the loss that owns them.
         self.__dict__["qvalue_network"] = qvalue_network
         self.__dict__["qvalue_params"] = qvalue_params
@@ -461,7 +470,10 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         chunks = (
             [flat] if not self.value_chunk_size else flat.split(self.value_chunk_size)
         )
-        values = torch.cat([self._chunk_value(chunk) for chunk in chunks])
+        first = next(iter(self.qvalue_params.values(True, True)))
+        with autocast(self.precision, first.device):
+            values = torch.cat([self._chunk_value(chunk) for chunk in chunks])
+        values = values.to(first.dtype)  # the scan stays in the parameters' dtype
         if not torch.isfinite(values).all():  # diverged target networks
             bad = (~torch.isfinite(values)).nonzero()[0].tolist()
             raise ValueError(

@@ -35,6 +35,8 @@ from torchrl.objectives import LossModule, SoftUpdate
 from torchrl.objectives.utils import TargetNetUpdater
 from torchrl.trainers import OptimizationStepper, Trainer, TrainerHookBase
 
+from torchrl_gem.precision import Precision, autocast
+
 __all__ = [
     "BulkTargetUpdateHook",
     "DelayedActorStepper",
@@ -236,6 +238,11 @@ class DelayedActorStepper(OptimizationStepper):
             ``"value_loss"``.
         actor_method (str): loss method of the actor loss. Defaults to
             ``"actor_loss"``.
+        precision (str): ``"fp32"`` (default) or ``"bf16"``: the losses are computed
+            under bf16 autocast (:mod:`torchrl_gem.precision`); parameters, gradients
+            and optimiser states stay fp32. Pass a resolved value
+            (:func:`torchrl_gem.precision.resolve`).
+        device (torch.device): the device the losses run on, for autocast.
 
     Examples:
         >>> import torch
@@ -270,7 +277,11 @@ class DelayedActorStepper(OptimizationStepper):
         target_updater: TargetNetUpdater | None = None,
         critic_method: str = "value_loss",
         actor_method: str = "actor_loss",
+        precision: Precision = "fp32",
+        device: torch.device | str = "cpu",
     ) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}.")
         if policy_delay < 1:
             raise ValueError(f"policy_delay must be >= 1, got {policy_delay}.")
         self.actor_optimizer = actor_optimizer
@@ -279,20 +290,25 @@ class DelayedActorStepper(OptimizationStepper):
         self.target_updater = target_updater
         self.critic_method = critic_method
         self.actor_method = actor_method
+        self.precision, self.device = precision, device
         self.num_steps = 0
         self.num_actor_steps = 0
         self._last_actor_loss = torch.full((), float("nan"))
 
     def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
         with timeit("update"):
-            critic_loss, _ = trainer.compute_loss(sub_batch, method=self.critic_method)
+            with autocast(self.precision, self.device):
+                critic_loss, _ = trainer.compute_loss(
+                    sub_batch, method=self.critic_method
+                )
             self.critic_optimizer.zero_grad(set_to_none=True)
             critic_loss.backward()
             self.critic_optimizer.step()
             if self.num_steps % self.policy_delay == 0:
-                actor_loss, _ = trainer.compute_loss(
-                    sub_batch, method=self.actor_method
-                )
+                with autocast(self.precision, self.device):
+                    actor_loss, _ = trainer.compute_loss(
+                        sub_batch, method=self.actor_method
+                    )
                 self.actor_optimizer.zero_grad(set_to_none=True)
                 actor_loss.backward()
                 self.actor_optimizer.step()

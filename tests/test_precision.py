@@ -1,0 +1,70 @@
+"""bf16 autocast: networks in bf16; parameters, optimiser states, scan in fp32."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import tiny_loss, trajectory_batch
+
+from torchrl_gem import TwinBackPropEstimator, precision
+from torchrl_gem.trainer import DelayedActorStepper
+
+needs_bf16 = pytest.mark.skipif(
+    not precision.bf16_is_fast("cpu"), reason="this CPU has no fast bf16 matmul"
+)
+
+
+def test_resolve_falls_back_to_fp32_without_fast_bf16(monkeypatch, caplog):
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device: False)
+    monkeypatch.setattr(precision, "_warned", set())
+    with caplog.at_level(logging.WARNING):
+        assert precision.resolve("bf16", "cpu") == "fp32"
+        assert precision.resolve("bf16", "cpu") == "fp32"
+    assert sum("running fp32" in record.message for record in caplog.records) <= 1
+    assert precision.resolve("fp32", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="precision must be"):
+        precision.resolve("fp16", "cpu")
+
+
+@needs_bf16
+def test_bf16_refresh_values_are_fp32_and_close_to_fp32():
+    torch.manual_seed(0)
+    loss = tiny_loss(policy_noise=0.0)
+    batch = trajectory_batch(64, generator=torch.Generator().manual_seed(1))
+    returns = {}
+    for mode in ("fp32", "bf16"):
+        estimator = TwinBackPropEstimator.for_loss(loss, gamma=0.9, precision=mode)
+        returns[mode] = estimator(batch.clone())["memory_return"]
+    assert returns["bf16"].dtype == torch.float32
+    assert not torch.equal(returns["bf16"], returns["fp32"])  # autocast did run
+    torch.testing.assert_close(returns["bf16"], returns["fp32"], rtol=0.05, atol=0.05)
+
+
+@needs_bf16
+def test_bf16_steps_keep_fp32_parameters_and_optimiser_states():
+    losses = {}
+    for mode in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        loss = tiny_loss()
+        stepper = DelayedActorStepper(
+            torch.optim.Adam(loss.actor_network_params.values(True, True)),
+            torch.optim.Adam(loss.qvalue_network_params.values(True, True)),
+            precision=mode,
+        )
+
+        class Host:
+            def compute_loss(self, batch, method, loss=loss):
+                return getattr(loss, method)(batch)
+
+        batch = trajectory_batch(
+            32, generator=torch.Generator().manual_seed(2), memory_return=True
+        )
+        losses[mode] = stepper.step(Host(), batch)["loss_qvalue"]
+        params = list(loss.qvalue_network_params.values(True, True))
+        assert all(p.dtype == torch.float32 for p in params)
+        state = stepper.critic_optimizer.state_dict()["state"]
+        assert all(s["exp_avg"].dtype == torch.float32 for s in state.values())
+    assert not torch.equal(losses["bf16"], losses["fp32"])
+    torch.testing.assert_close(losses["bf16"], losses["fp32"], rtol=0.05, atol=0.01)
