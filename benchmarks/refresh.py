@@ -12,9 +12,15 @@ Builds a memory of 100 episodes x 1000 steps (HalfCheetah-sized: 17-d observatio
    next-states, then the scan) next to 200 gradient steps of ``GEMLoss`` (batch
    128, actor every 2nd step), the work that follows each refresh in GEM;
 5. the refresh's NaN/inf guards (rewards and bootstrap values, as the estimator
-   and the scan check them) and their share of the refresh.
+   and the scan check them) and their share of the refresh;
+6. the refresh at each ``--sizes`` (default 100k and 1M stored transitions) in fp32
+   and bf16 autocast: time, states/s, achieved GFLOP/s of the target networks (2
+   FLOPs per weight per state, counted from the networks) next to the limit, a
+   [4096 x 406] @ [406 x 300] matmul at the same precision and threads, and the
+   bf16 / fp32 speed-up.
 
-Run: ``python benchmarks/refresh.py`` (``--episodes`` and ``--steps`` to resize).
+Run: ``python benchmarks/refresh.py`` (``--episodes`` and ``--steps`` resize parts
+1-5, ``--sizes`` part 6; ``--threads`` sets torch's threads).
 """
 
 from __future__ import annotations
@@ -33,11 +39,13 @@ from torchrl.data import Bounded  # noqa: E402
 from torchrl_gem import (  # noqa: E402
     EpisodicMemory,
     GEMLoss,
+    TwinBackPropEstimator,  # noqa: E402
     make_gem_actor,
     make_gem_critics,
     twin_backprop_return,
 )
 from torchrl_gem.functional import check_finite  # noqa: E402
+from torchrl_gem.precision import autocast  # noqa: E402
 
 OBS_DIM, ACT_DIM, GAMMA = 17, 6, 0.99
 
@@ -123,7 +131,11 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     episodes, steps = args.episodes, args.steps
@@ -207,6 +219,58 @@ def main() -> None:
         f"finite checks in a refresh:        {guard_time * 1e3:9.2f} ms"
         f"   ({100 * guard_time / refresh_time:.2f}% of the refresh)"
     )
+
+    # 6: the refresh at scale, fp32 and bf16, against the matmul limit
+    flops_per_state = 2 * sum(
+        module.weight.numel()
+        for network in (loss.actor_network, loss.qvalue_network)
+        for module in network.modules()
+        if isinstance(module, torch.nn.Linear)
+    )
+    flops_per_state += (
+        2
+        * sum(  # the other critics: the template holds one
+            value.numel() // value.shape[0]
+            for key, value in loss.qvalue_network_params.items(True, True)
+            if key[-1] == "weight" and value.ndim == 3
+        )
+        * (loss.num_qvalue_nets - 1)
+    )
+    limits = {mode: matmul_limit(mode) for mode in ("fp32", "bf16")}
+    print(
+        f"\nrefresh at scale: {flops_per_state / 1e6:.2f} MFLOP per state (target "
+        f"actor + {loss.num_qvalue_nets} target critics); matmul limit fp32 "
+        f"{limits['fp32']:.0f} GFLOP/s, bf16 {limits['bf16']:.0f} GFLOP/s"
+    )
+    print(
+        f"{'stored':>9} {'precision':>9} {'time (s)':>9} {'states/s':>9} "
+        f"{'GFLOP/s':>8} {'% limit':>8} {'bf16/fp32':>9}"
+    )
+    for size in args.sizes:
+        scaled = build_memory(size // steps, steps, generator)
+        times = {}
+        for mode in ("fp32", "bf16"):
+            estimator = TwinBackPropEstimator.for_loss(
+                loss, gamma=GAMMA, precision=mode
+            )
+            times[mode], _ = timed(
+                lambda e=estimator, m=scaled: m.refresh(e), max(1, args.repeat // 2)
+            )
+            rate = flops_per_state * size / times[mode] / 1e9
+            speedup = f"{times['fp32'] / times[mode]:9.2f}" if mode == "bf16" else ""
+            print(
+                f"{size:>9} {mode:>9} {times[mode]:>9.2f} {size / times[mode]:>9.0f} "
+                f"{rate:>8.1f} {100 * rate / limits[mode]:>7.0f}% {speedup}"
+            )
+        del scaled  # free it before building the next size
+
+
+def matmul_limit(mode: str, repeat: int = 10) -> float:
+    """GFLOP/s of a [4096 x 406] @ [406 x 300] matmul, fp32 or under bf16 autocast."""
+    a, b = torch.randn(4096, 406), torch.randn(406, 300)
+    with autocast(mode):
+        seconds, _ = timed(lambda: a @ b, repeat)
+    return 2 * 4096 * 406 * 300 / seconds / 1e9
 
 
 if __name__ == "__main__":
