@@ -332,7 +332,8 @@ class CheckpointConfig:
 
     # frames between periodic checkpoints (0 = only at the end and on SIGINT/SIGTERM)
     interval: int = non_negative(50_000)
-    # checkpoint file (or run dir) to continue; must match its env/algo/seed
+    # checkpoint file (or run dir) to continue, must match its env/algo/seed; auto =
+    # logger.run_dir's own checkpoint if any (re-launched sweeps: skip or resume)
     resume: str | None = None
     # checkpoint and stop once this many frames are collected (time-sliced jobs)
     stop_after: int | None = positive(None)
@@ -656,7 +657,13 @@ def check_shared_rules(cfg: DictConfig) -> None:
         "the plot reads the csv logs: add csv to logger.backends, or set "
         "logger.plot=false",
     )
-    if cfg.checkpoint.resume is not None:
+    if cfg.checkpoint.resume == "auto":
+        _require(
+            cfg.logger.run_dir is not None,
+            "checkpoint.resume",
+            "auto resumes logger.run_dir's own checkpoint: set logger.run_dir",
+        )
+    elif cfg.checkpoint.resume is not None:
         resolve_checkpoint_path(cfg.checkpoint.resume)
 
 

@@ -89,6 +89,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     identity = run_identity(cfg, IDENTITY)
     resume_path, resumed = read_resume(cfg, identity)  # refused before any work
+    if resumed is not None and resumed["frames"] >= cfg.collector.total_frames:
+        print(f"{resume_path}: finished at {resumed['frames']} frames, nothing to do.")
+        return {
+            "status": "already finished",
+            "signal": None,
+            "frames": resumed["frames"],
+            "run_dir": resumed["run_dir"],
+        }
     seed_everything(cfg.seed, cfg.optim.num_threads)
 
     # ---- the parts: environments, agent, memory, collector, optimisers, logger ----

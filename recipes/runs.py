@@ -51,10 +51,19 @@ def run_identity(cfg: DictConfig, fields: tuple[str, ...]) -> dict[str, Any]:
 
 
 def read_resume(cfg: DictConfig, identity: dict) -> tuple[Path | None, dict | None]:
-    """``(path, payload)`` of ``checkpoint.resume``, checked, or ``(None, None)``."""
-    if cfg.checkpoint.resume is None:
+    """``(path, payload)`` of ``checkpoint.resume``, checked, or ``(None, None)``.
+
+    ``auto`` takes ``logger.run_dir``'s own checkpoint when there is one, so that a
+    re-launched sweep continues each run where it stopped.
+    """
+    resume = cfg.checkpoint.resume
+    if resume == "auto":
+        resume = Path(cfg.logger.run_dir) / "checkpoints" / "last.pt"
+        if not resume.is_file():
+            return None, None
+    if resume is None:
         return None, None
-    path = resolve_checkpoint_path(cfg.checkpoint.resume)
+    path = resolve_checkpoint_path(resume)
     return path, RunCheckpoint.read(path, identity)
 
 

@@ -225,6 +225,17 @@ def test_refresh_every_two_batches_trains_and_resumes(tmp_path):
         assert torch.equal(value, b["trainer"]["loss_module"][key]), key
 
 
+def test_auto_resume_skips_finished_runs_and_continues_stopped_ones(tmp_path):
+    auto = ("checkpoint.resume=auto",)
+    first = run(tiny("gem", tmp_path, *auto, "checkpoint.stop_after=200"))
+    assert first["frames"] == 200 and first["status"].startswith("stopped")
+    assert run(tiny("gem", tmp_path, *auto))["frames"] == 400  # resumed
+    again = run(tiny("gem", tmp_path, *auto))
+    assert again["status"] == "already finished" and again["frames"] == 400
+    with pytest.raises(recipe.ConfigError, match="^checkpoint.resume: auto"):
+        run(tiny("gem", tmp_path, *auto, "logger.run_dir=null"))
+
+
 def _resume_overrides(resumed_runs, checkpoint: Path, *extra: str) -> list[str]:
     return tiny(
         "gem",
