@@ -11,7 +11,9 @@ several fields. Every error is a ``ConfigError`` whose message starts with the f
 it is about and says what would be valid.
 
 Shared sections (collector, memory, optim, logger, checkpoint) are meant for every
-recipe; env, network, gem and algo are the MuJoCo recipe's.
+recipe; env, network, gem, sil and algo are the MuJoCo recipe's. A file of the ``algo``
+group may also set shared fields (``# @package _global_``: the baselines' batch sizes,
+widths, learning rates and warm-ups); the command line still overrides them.
 
 Choices are ``Choice`` enums: a member equals its string (``cfg.algo.loss == "gem"``),
 hashes as it (``BUILDERS[cfg.algo.loss]``) and prints as it (``f"{cfg.algo.loss}"``).
@@ -68,6 +70,8 @@ __all__ = [
     "Precision",
     "Range",
     "Returns",
+    "SilAction",
+    "SilConfig",
     "Storage",
     "TargetAssignment",
     "TargetUpdate",
@@ -123,6 +127,9 @@ class Choice(str, Enum):
 class Loss(Choice):
     gem = "gem"  # torchrl_gem.GEMLoss
     td3 = "td3"  # torchrl.objectives.TD3Loss
+    td3_sil = "td3_sil"  # TD3Loss plus torchrl_gem.SelfImitationLoss steps
+    sac = "sac"  # torchrl.objectives.SACLoss (no value network), TanhNormal actor
+    ddpg = "ddpg"  # torchrl.objectives.DDPGLoss, one critic
 
 
 class Returns(Choice):
@@ -180,6 +187,11 @@ class WandbMode(Choice):
 class Precision(Choice):
     fp32 = "fp32"
     bf16 = "bf16"
+
+
+class SilAction(Choice):
+    policy = "policy"  # Q(s, pi(s)), a value of the state (released TD3+SIL)
+    data = "data"  # Q(s, a) at the stored action, whose return R is
 
 
 # ---------------------------------------------------------------------------
@@ -379,6 +391,35 @@ class GemConfig:
 
 
 @dataclass
+class SilConfig:
+    """The self-imitation term of loss=td3_sil (torchrl_gem.sil); unused otherwise.
+
+    The defaults are the released TD3+SIL's (common/self_imitation.py, td3_sil.py).
+    """
+
+    # weight of the term (released: 0.1)
+    coeff: float = positive(0.1)
+    # clip of the advantage R - Q; null = none (released: 1)
+    clip: float | None = positive(1.0)
+    # SIL gradient steps per collected batch, after the TD3 steps (released: 4)
+    updates_per_batch: int = positive(4)
+    # transitions per SIL step (released: TD3's batch, 128)
+    batch_size: int = positive(128)
+    # critics evaluated at policy (Q(s, pi(s)), released) | data (the stored action)
+    action_source: SilAction = SilAction.policy
+    # prioritized sampling exponent, priority = clipped advantage (0 = uniform)
+    priority_alpha: float = non_negative(0.6)
+    # importance-weight exponent of the prioritized sampling
+    priority_beta: float = non_negative(0.1)
+    # the loss is summed over the batch and divided by max(#(R > Q), min_valid)
+    min_valid: int = positive(64)
+    # global gradient-norm clip of a SIL step; null = none (released: 0.5)
+    max_grad_norm: float | None = positive(0.5)
+    # gradient times the sum of importance weights, as the released graph computed it
+    scale_by_weight_sum: bool = True
+
+
+@dataclass
 class AlgoConfig:
     """An algorithm variant; the defaults are GEM as released (recipes/algo/gem.yaml).
 
@@ -387,7 +428,7 @@ class AlgoConfig:
 
     # the variant, equal to its file name in recipes/algo/ (run dirs, logs)
     name: str = "gem"
-    # loss builder: gem (torchrl_gem.GEMLoss) | td3 (torchrl.objectives.TD3Loss)
+    # loss builder: gem (GEMLoss) | td3 (TD3Loss) | td3_sil (TD3Loss + SIL) | sac | ddpg
     loss: Loss = Loss.gem
     # critic target: tbp (twin back-propagated memory returns) | td0 (TD3's one-step)
     returns: Returns = Returns.tbp
@@ -431,6 +472,8 @@ class MujocoConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     # GEM's loss and memory-return options
     gem: GemConfig = field(default_factory=GemConfig)
+    # the self-imitation term of algo.loss=td3_sil
+    sil: SilConfig = field(default_factory=SilConfig)
     # logs, evaluation, progress, plot
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # save / resume / stop
@@ -617,6 +660,25 @@ def check_algo(algo: DictConfig, field_path: str = "algo") -> None:
             algo.returns == Returns.tbp,
             f"{field_path}.returns",
             f"loss=gem (GEMLoss) needs returns=tbp, got {algo.returns}",
+        )
+    if algo.loss == Loss.td3_sil:
+        _require(
+            algo.memory == MemoryKind.episodic,
+            f"{field_path}.memory",
+            "loss=td3_sil reads Monte-Carlo returns of the stored episodes: it needs "
+            f"memory=episodic, got {algo.memory}",
+        )
+        _require(
+            algo.returns == Returns.td0,
+            f"{field_path}.returns",
+            "loss=td3_sil keeps the memory's return column for its Monte-Carlo "
+            f"returns: it needs returns=td0, got {algo.returns}",
+        )
+    if algo.loss == Loss.ddpg:
+        _require(
+            algo.num_critics == 1,
+            f"{field_path}.num_critics",
+            f"loss=ddpg (DDPGLoss) has one critic, got {algo.num_critics}",
         )
     if algo.target_assignment == TargetAssignment.paired:
         _require(

@@ -23,7 +23,17 @@ every 2k frames. Expect a Hopper return of a few hundred, a demo, not a result::
 
 The full paper budget is the default, ``collector.total_frames=1000000`` (15-20 h of
 2 CPU cores for GEM). Every option is documented in ``config.py``; ``algo`` picks a
-variant from ``algo/`` (gem, td3, bp, bp_4critics, gem_paired, td3_tbp).
+variant from ``algo/``: gem, bp, bp_4critics, gem_paired (GEM and its ablations), td3,
+td3_tbp (TD3Loss on GEM returns), and the paper's other baselines as its repository
+configured them, td3_sil, sac and ddpg::
+
+    python recipes/gem_mujoco.py algo=sac      # batch 256, [256, 256], 10k warm-up
+    python recipes/gem_mujoco.py algo=ddpg     # batch 100, lr 1e-3, one critic
+    python recipes/gem_mujoco.py algo=td3_sil  # TD3 + self-imitation (sil section)
+
+Every evaluation also logs the critics' estimate on the visited states against the
+discounted return obtained there (``eval/q_estimate``, ``eval/mc_return``,
+``eval/q_bias``); ``plot.py`` draws them under the return curves.
 """
 
 from __future__ import annotations
@@ -33,13 +43,17 @@ from typing import Any
 
 import hydra
 from builders import (
+    STEP_METHODS,
     action_half_range,
+    critic_groups,
     make_agent,
     make_collector,
+    make_critic_probe,
     make_env,
     make_exploration_policy,
     make_memory,
     make_optimizers,
+    make_self_imitation,
     network_precision,
 )
 from config import ConfigError, check_config, load_config  # noqa: F401 - for tests
@@ -62,6 +76,7 @@ from torchrl_gem.checkpoint import (
     RunCheckpoint,
     StopSignal,
 )
+from torchrl_gem.sil import MonteCarloReturn
 from torchrl_gem.trainer import (
     DelayedActorStepper,
     EpisodeStats,
@@ -111,6 +126,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     collector = make_collector(cfg, train_env, policy)
     actor_optim, critic_optim = make_optimizers(cfg, loss)
+    critic_method, actor_method = STEP_METHODS[cfg.algo.loss]
     run_dir = resolve_run_dir(cfg, resumed)
     run_dir.mkdir(parents=True, exist_ok=True)
     logger = make_logger(cfg, run_dir)
@@ -125,6 +141,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             critic_optim,
             policy_delay=cfg.optim.policy_delay,
             target_updater=per_step_target,  # TD3: Polyak after each actor step
+            critic_method=critic_method,
+            actor_method=actor_method,
             precision=network_precision(cfg),  # bf16 autocast, or fp32
         ),
         logger=logger,
@@ -146,20 +164,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             memory, loss.value_estimator, every=cfg.memory.refresh_every
         )
         refresh.register(trainer)
+    elif cfg.algo.loss == "td3_sil":  # 5. Monte-Carlo returns of the stored episodes
+        mc_returns = MonteCarloReturn(gamma=cfg.optim.gamma)
+        refresh = MemoryRefreshHook(memory, mc_returns, every=cfg.memory.refresh_every)
+        refresh.register(trainer)
     trainer.register_op("process_optim_batch", replay.sample)  # 6. gradient steps
-    UpdateWeights(collector, update_weights_interval=1).register(trainer)  # 7. sync
-    evaluation = EvaluationHook(  # 8. deterministic evaluation every N frames
+    if cfg.algo.loss == "td3_sil":  # 7. self-imitation steps on prioritized samples
+        make_self_imitation(cfg, loss, memory, critic_optim).register(trainer)
+    UpdateWeights(collector, update_weights_interval=1).register(trainer)  # 8. sync
+    evaluation = EvaluationHook(  # 9. deterministic evaluation every N frames
         eval_env,
         actor,
         interval=cfg.logger.eval_interval,
         num_episodes=cfg.logger.eval_episodes,
         max_steps=cfg.env.max_episode_steps,
         seed=cfg.seed + EVAL_SEED_OFFSET,
+        critic=make_critic_probe(loss),  # overestimation: Q vs discounted returns
+        critic_groups=critic_groups(cfg),
+        gamma=cfg.optim.gamma,
     )
     evaluation.register(trainer)
-    LogTiming(prefix="time", percall=False).register(trainer)  # 9. time split
+    LogTiming(prefix="time", percall=False).register(trainer)  # 10. time split
     progress = ProgressBar(trainer, stats, evaluation, cfg.logger.progress_bar)
-    trainer.register_op("post_steps_log", progress)  # 10. progress bar
+    trainer.register_op("post_steps_log", progress)  # 11. progress bar
     run_state = RunCheckpoint(
         trainer,
         collector,
@@ -170,7 +197,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         extra={"run_dir": str(run_dir)},
     )
     stop_signal = StopSignal()
-    checkpointer = CheckpointHook(  # 11. checkpoint: periodic, final, on a signal
+    checkpointer = CheckpointHook(  # 12. checkpoint: periodic, final, on a signal
         run_state.save,
         interval=cfg.checkpoint.interval,
         stop_after=cfg.checkpoint.stop_after,

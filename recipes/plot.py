@@ -7,6 +7,13 @@ any folder above run directories (``runs/`` or ``runs/Hopper-v5``). Runs are gro
 task and algorithm; the figure has one panel per task and one line per algorithm,
 the mean over seeds with a +-std band (population std, as the paper's plots). A
 markdown table of the final returns (mean +- std over seeds) is printed.
+
+Where the runs logged the overestimation diagnostic (``eval/q_estimate``,
+``eval/mc_return``, ``eval/q_bias``: the critics' mean estimate on the states of the
+evaluation episodes, the discounted return obtained from them, their difference), two
+more rows of panels follow, per task: the estimate (solid) beside the return
+(dashed), and the bias (mean +- std over seeds, > 0 is overestimation); a second table
+gives their final values.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 METRIC = "eval/return_mean"
+Q_ESTIMATE, MC_RETURN, Q_BIAS = "eval/q_estimate", "eval/mc_return", "eval/q_bias"
 
 
 def find_runs(paths) -> list[Path]:
@@ -91,7 +99,37 @@ def markdown_table(groups: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_groups(groups: dict, out: Path, metric: str = METRIC) -> Path:
+def bias_table(diagnostics: dict) -> str:
+    """Final Q estimate, discounted return and bias per (task, algo), over seeds."""
+    lines = [
+        "| task | algorithm | runs | Q estimate | discounted return | Q bias |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for key, curves in diagnostics[Q_BIAS].items():
+        cells = []
+        for name in (Q_ESTIMATE, MC_RETURN, Q_BIAS):
+            finals = [curve[-1][1] for curve in diagnostics[name].get(key, [])]
+            cells.append(
+                "" if not finals else "{:.1f} ± {:.1f}".format(*_mean_std(finals))
+            )
+        lines.append("| " + " | ".join([*key, str(len(curves)), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def _draw(ax, curves, *, color, label=None, linestyle="-", band=True) -> None:
+    frames, mean, std = aggregate(curves)
+    ax.plot(frames, mean, color=color, linestyle=linestyle, label=label)
+    if band:
+        low = [m - s for m, s in zip(mean, std, strict=True)]
+        high = [m + s for m, s in zip(mean, std, strict=True)]
+        ax.fill_between(frames, low, high, color=color, alpha=0.2)
+
+
+def plot_groups(
+    groups: dict, out: Path, metric: str = METRIC, diagnostics: dict | None = None
+) -> Path:
+    """Return panels (one per task); with ``diagnostics`` (``{metric: groups}`` of
+    the three diagnostic scalars) two more rows per task: estimate vs return, bias."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,28 +137,50 @@ def plot_groups(groups: dict, out: Path, metric: str = METRIC) -> Path:
     from matplotlib.ticker import EngFormatter
 
     tasks = sorted({task for task, _ in groups})
+    algos = sorted({algo for _, algo in groups})
+    colors = {algo: f"C{index % 10}" for index, algo in enumerate(algos)}
     columns = min(3, len(tasks))
-    rows = math.ceil(len(tasks) / columns)
+    task_rows = math.ceil(len(tasks) / columns)
+    rows = task_rows * (3 if diagnostics else 1)
     fig, axes = plt.subplots(
         rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False
     )
-    for ax, task in zip(axes.flat, tasks, strict=False):
+    for index, task in enumerate(tasks):
+        row, column = divmod(index, columns)
+        ax = axes[row, column]
         for (group_task, algo), curves in groups.items():
-            if group_task != task:
-                continue
-            frames, mean, std = aggregate(curves)
-            low = [m - s for m, s in zip(mean, std, strict=True)]
-            high = [m + s for m, s in zip(mean, std, strict=True)]
-            (line,) = ax.plot(frames, mean, label=f"{algo} ({len(curves)})")
-            ax.fill_between(frames, low, high, color=line.get_color(), alpha=0.2)
+            if group_task == task:
+                label = f"{algo} ({len(curves)})"
+                _draw(ax, curves, color=colors[algo], label=label)
         ax.set_title(task)
+        ax.set_ylabel("evaluation return" if metric == METRIC else metric)
+        if not diagnostics:
+            continue
+        estimate_ax = axes[row + task_rows, column]
+        for (group_task, algo), curves in diagnostics[Q_ESTIMATE].items():
+            if group_task == task:
+                _draw(estimate_ax, curves, color=colors[algo], label=algo, band=False)
+                returns = diagnostics[MC_RETURN].get((group_task, algo), [])
+                if returns:
+                    style = {"color": colors[algo], "linestyle": "--", "band": False}
+                    _draw(estimate_ax, returns, **style)
+        estimate_ax.set_title(f"{task}: critics' estimate (-) vs return (--)")
+        estimate_ax.set_ylabel("mean over evaluated states")
+        bias_ax = axes[row + 2 * task_rows, column]
+        for (group_task, algo), curves in diagnostics[Q_BIAS].items():
+            if group_task == task:
+                _draw(bias_ax, curves, color=colors[algo], label=algo)
+        bias_ax.axhline(0.0, color="black", linewidth=0.8)
+        bias_ax.set_title(f"{task}: overestimation")
+        bias_ax.set_ylabel("Q estimate - discounted return")
+    for ax in axes.flat:
+        if not ax.has_data():
+            ax.axis("off")
+            continue
         ax.set_xlabel("environment frames")
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 20k, 1M: no overlap
-        ax.set_ylabel("evaluation return" if metric == METRIC else metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    for ax in list(axes.flat)[len(tasks) :]:
-        ax.axis("off")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -131,11 +191,21 @@ def plot_groups(groups: dict, out: Path, metric: str = METRIC) -> Path:
 
 def plot_runs(paths, out, *, metric: str = METRIC, quiet: bool = False) -> str:
     """Find the runs under ``paths``, write the figure to ``out``, return the table."""
-    groups = collect(find_runs(paths), metric)
+    runs = find_runs(paths)
+    groups = collect(runs, metric)
     if not groups:
         raise SystemExit(f"no {metric!r} logs found under {[str(p) for p in paths]}")
-    plot_groups(groups, out, metric)
+    diagnostics = None
+    if metric == METRIC:
+        diagnostics = {
+            name: collect(runs, name) for name in (Q_ESTIMATE, MC_RETURN, Q_BIAS)
+        }
+        if not diagnostics[Q_BIAS]:
+            diagnostics = None  # runs from before the diagnostic existed
+    plot_groups(groups, out, metric, diagnostics)
     table = markdown_table(groups)
+    if diagnostics:
+        table += "\n\n" + bias_table(diagnostics)
     if not quiet:
         print(table)
         print(f"\nwrote {out}")

@@ -180,6 +180,7 @@ TIMERS = (  # summary label -> timeit key
     ("memory refresh", "memory/refresh"),
     ("sample", "hook/sample"),
     ("update", "update"),
+    ("self-imitation", "sil"),
     ("eval", "eval"),
     ("checkpoint", "checkpoint"),
 )

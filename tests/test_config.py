@@ -44,7 +44,46 @@ OLD_PRESETS = {
     "gem_paired": ("gem", "tbp", False, True, "paired", "episodic", 4, True, True, 200, "bulk"),  # noqa: E501
     "td3_tbp": ("td3", "tbp", False, True, "broadcast", "episodic", 2, False, False, 100, "delayed"),  # noqa: E501
 }  # fmt: skip
-ALGOS = tuple(OLD_PRESETS)
+# The paper's other baselines (gem-algorithm.md s3.2), added after the table above.
+NEW_PRESETS = {
+    "td3_sil": ("td3_sil", "td0", False, True, "broadcast", "episodic", 2, False, False, 100, "delayed"),  # noqa: E501
+    "sac": ("sac", "td0", False, True, "broadcast", "replay", 2, False, False, 100, "delayed"),  # noqa: E501
+    "ddpg": ("ddpg", "td0", False, True, "broadcast", "replay", 1, False, False, 100, "delayed"),  # noqa: E501
+}  # fmt: skip
+PRESETS = {**OLD_PRESETS, **NEW_PRESETS}
+ALGOS = tuple(PRESETS)
+# What the baselines set outside the algo section (files with `# @package _global_`);
+# every other preset leaves the shared sections at OLD_SECTIONS.
+SHARED_OVERRIDES = {
+    "sac": {
+        "collector.init_random_frames": 10_000,
+        "memory.capacity": 1_000_000,
+        "optim.batch_size": 256,
+        "optim.policy_delay": 1,
+        "network.hidden_sizes": [256, 256],
+    },
+    "ddpg": {
+        "collector.init_random_frames": 10_000,
+        "memory.capacity": 1_000_000,
+        "optim.batch_size": 100,
+        "optim.actor_lr": 1.0e-3,
+        "optim.critic_lr": 1.0e-3,
+        "optim.policy_delay": 1,
+    },
+}
+# The sil section (used by loss=td3_sil only): the released TD3+SIL's settings.
+SIL_DEFAULTS = {
+    "coeff": 0.1,
+    "clip": 1.0,
+    "updates_per_batch": 4,
+    "batch_size": 128,
+    "action_source": "policy",
+    "priority_alpha": 0.6,
+    "priority_beta": 0.1,
+    "min_valid": 64,
+    "max_grad_norm": 0.5,
+    "scale_by_weight_sum": True,
+}
 
 # The other sections of the old gem_mujoco.yaml (memory.refresh_every already renamed).
 OLD_SECTIONS = {
@@ -121,13 +160,37 @@ def test_variant_files_reproduce_the_old_presets(algo):
     cfg = recipe_config.load_config([f"algo={algo}"])
     algo_values = recipe_config.plain(cfg.algo)
     assert algo_values.pop("name") == algo
-    assert algo_values == dict(zip(PRESET_KEYS, OLD_PRESETS[algo], strict=True))
+    assert algo_values == dict(zip(PRESET_KEYS, PRESETS[algo], strict=True))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_shared_sections_resolve_as_before(algo):
+    """Parity: gem, td3 and the ablations resolve every shared value as before the
+    baselines were added; sac and ddpg change exactly their listed fields."""
+    values = recipe_config.plain(recipe_config.load_config([f"algo={algo}"]))
+    assert values.pop("sil") == SIL_DEFAULTS
+    del values["algo"]
+    expected = _flat(OLD_SECTIONS)
+    expected.update(SHARED_OVERRIDES.get(algo, {}))
+    assert _flat(values) == expected
 
 
 def test_other_sections_keep_the_old_defaults():
     values = recipe_config.plain(recipe_config.load_config())
-    assert list(values) == ["seed", "algo", *list(OLD_SECTIONS)[1:]]
-    del values["algo"]
+    sections = ["seed", "algo", *list(OLD_SECTIONS)[1:]]
+    sections.insert(sections.index("gem") + 1, "sil")
+    assert list(values) == sections
+    del values["algo"], values["sil"]
     assert values == OLD_SECTIONS
 
 
@@ -137,17 +200,30 @@ def test_algo_group_holds_exactly_the_variants():
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_variant_files_override_only_what_differs(algo):
-    """Each value in a file changes its base: AlgoConfig, or the file it extends."""
-    own = OmegaConf.load(RECIPES / "algo" / f"{algo}.yaml")
-    assert own.name == algo
+    """Each value in a file changes its base: AlgoConfig, or the file it extends.
+
+    A file with ``# @package _global_`` holds its algo fields under ``algo:`` and
+    may set shared sections, each of which must differ from the schema's default.
+    """
+    path = RECIPES / "algo" / f"{algo}.yaml"
+    own = OmegaConf.load(path)
+    is_global = path.read_text().startswith("# @package _global_")
     base = OmegaConf.structured(recipe_config.AlgoConfig)
     for parent in own.get("defaults", []):
         if parent != "_self_":
+            parent = parent.removesuffix("@algo")
             base = OmegaConf.merge(
                 base, OmegaConf.load(RECIPES / "algo" / f"{parent}.yaml")
             )
-    for key in set(own) - {"name", "defaults"}:
-        assert own[key] != base[key], f"{algo}.yaml repeats {key}={own[key]}"
+    algo_values = own.algo if is_global else own
+    assert algo_values.name == algo
+    for key in set(algo_values) - {"name", "defaults"}:
+        assert algo_values[key] != base[key], f"{algo}.yaml repeats {key}"
+    if is_global:
+        schema = OmegaConf.structured(recipe_config.MujocoConfig)
+        for section in set(own) - {"algo", "defaults"}:
+            for key, value in own[section].items():
+                assert value != schema[section][key], f"{algo}.yaml repeats {key}"
 
 
 def test_readme_command_keeps_its_meaning():
@@ -217,7 +293,7 @@ def test_choices_compare_print_and_dump_as_strings():
     [
         # a value outside an enum's choices
         (["algo.loss=gemm"], "algo.loss: unknown value 'gemm' (did you mean 'gem'?); "
-         "choose one of ['gem', 'td3']"),
+         "choose one of ['gem', 'td3', 'td3_sil', 'sac', 'ddpg']"),
         (["logger.backends=[csv,mlflow]"], "logger.backends: unknown value 'mlflow'; "
          "choose one of ['csv', 'tensorboard', 'wandb']"),
         (["network.init=xavier"], "network.init: unknown value 'xavier'"),
@@ -236,7 +312,8 @@ def test_choices_compare_print_and_dump_as_strings():
          "now the config group algo"),
         # an unknown variant
         (["algo=gemm"], "algo: unknown value 'gemm' (did you mean 'gem'?); choose one "
-         "of ['bp', 'bp_4critics', 'gem', 'gem_paired', 'td3', 'td3_tbp']"),
+         "of ['bp', 'bp_4critics', 'ddpg', 'gem', 'gem_paired', 'sac', 'td3', "
+         "'td3_sil', 'td3_tbp']"),
         # a value out of its declared range
         (["optim.gamma=1.5"], "optim.gamma: must lie in [0.0, 1.0], got 1.5"),
         (["optim.tau=0"], "optim.tau: must lie in (0.0, 1.0], got 0.0"),
@@ -260,6 +337,14 @@ def test_choices_compare_print_and_dump_as_strings():
         (["algo.returns=td0"], "algo.returns: loss=gem (GEMLoss) needs returns=tbp"),
         (["algo=td3", "algo.target_assignment=paired"],
          "algo.target_assignment: paired needs loss=gem"),
+        (["algo=td3_sil", "algo.memory=replay"], "algo.memory: loss=td3_sil reads "
+         "Monte-Carlo returns of the stored episodes: it needs memory=episodic"),
+        (["algo=td3_sil", "algo.returns=tbp"], "algo.returns: loss=td3_sil keeps the "
+         "memory's return column"),
+        (["algo=ddpg", "algo.num_critics=2"],
+         "algo.num_critics: loss=ddpg (DDPGLoss) has one critic, got 2"),
+        (["sil.coeff=0"], "sil.coeff: must lie in (0.0, inf], got 0"),
+        (["sil.action_source=stored"], "sil.action_source: unknown value 'stored'"),
         (["collector.frames_per_batch=200", "memory.capacity=100"],
          "collector.frames_per_batch: a batch of 200 frames does not fit in "
          "memory.capacity=100"),

@@ -379,3 +379,18 @@ def test_extend_leaves_the_callers_batch_alone_and_refresh_is_timed():
     timeit.erase()
     memory.refresh(tiny_loss().make_value_estimator(gamma=0.9).value_estimator)
     assert "memory/refresh" in timeit.todict()
+
+
+def test_sampleable_gives_the_refreshed_slots_and_their_entries():
+    estimator = tiny_loss().make_value_estimator(gamma=0.9).value_estimator
+    memory = EpisodicMemory(capacity=100)
+    collector = FakeCollector(num_envs=1, seed=4)
+    first = memory.extend(collector.batch(4))
+    memory.refresh(estimator)
+    memory.extend(collector.batch(4))  # not refreshed: not sampleable
+    slots, entries = memory.sampleable("memory_return", ("next", "reward"))
+    assert slots.tolist() == first.tolist()
+    assert set(entries.keys(True, True)) == {"memory_return", ("next", "reward")}
+    torch.testing.assert_close(
+        entries["memory_return"], memory.storage[first]["memory_return"]
+    )

@@ -30,12 +30,26 @@ import plot  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from torchrl.data import Bounded  # noqa: E402
 from torchrl.envs import Transform  # noqa: E402
+from torchrl.envs.utils import ExplorationType, set_exploration_type  # noqa: E402
+from torchrl.objectives import DDPGLoss, SACLoss, TD3Loss  # noqa: E402
 
 from torchrl_gem import GEMLoss  # noqa: E402
 from torchrl_gem.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
+from torchrl_gem.trainer import EvaluationHook  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ALGOS = ("gem", "td3", "bp", "bp_4critics", "gem_paired", "td3_tbp")
+ALGOS = (
+    "gem",
+    "td3",
+    "bp",
+    "bp_4critics",
+    "gem_paired",
+    "td3_tbp",
+    "td3_sil",
+    "sac",
+    "ddpg",
+)
+EPISODIC = {"gem", "bp", "bp_4critics", "gem_paired", "td3_tbp", "td3_sil"}
 
 
 def tiny(algo: str, run_dir: Path, *extra: str) -> list[str]:
@@ -52,6 +66,7 @@ def tiny(algo: str, run_dir: Path, *extra: str) -> list[str]:
         "network.hidden_sizes=[16,16]",
         "algo.updates_per_batch=4",
         "optim.batch_size=16",
+        "sil.batch_size=16",
         "optim.num_threads=1",
         "memory.capacity=1000",
         "logger.eval_interval=200",
@@ -70,8 +85,8 @@ def run(overrides: list[str]) -> dict:
     return recipe.train(recipe.load_config(overrides))
 
 
-def eval_csv(run_dir: Path) -> str:
-    return (run_dir / "logs" / "scalars" / "eval" / "return_mean.csv").read_text()
+def eval_csv(run_dir: Path, name: str = "return_mean") -> str:
+    return (run_dir / "logs" / "scalars" / "eval" / f"{name}.csv").read_text()
 
 
 @pytest.fixture(autouse=True)
@@ -94,8 +109,22 @@ def test_smoke_run_logs_evaluations(algo, tmp_path):
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info == {"env": "Hopper-v5", "algo": algo, "seed": 0, "total_frames": 400}
     assert set(summary["timing"]) >= {"collect", "update", "eval", "checkpoint"}
-    if algo != "td3":
+    if algo in EPISODIC:
         assert summary["timing"]["memory refresh"] > 0
+    # the overestimation diagnostic, at every evaluation
+    for name in ("q_estimate", "mc_return", "q_bias"):
+        rows = [line.split(",") for line in eval_csv(tmp_path, name).splitlines()]
+        assert [int(step) for step, _ in rows] == [0, 200, 400]
+        assert all(math.isfinite(float(value)) for _, value in rows)
+    groups = {"gem": 2, "bp": 2, "bp_4critics": 2, "gem_paired": 2, "td3_tbp": 2}
+    groups["ddpg"] = 0  # one critic: the mean only; else the twin pair's min
+    logged = list((tmp_path / "logs" / "scalars" / "eval").glob("q_bias_group*.csv"))
+    assert len(logged) == groups.get(algo, 1)
+    if algo == "td3_sil":
+        assert summary["timing"]["self-imitation"] > 0
+        assert (tmp_path / "logs" / "scalars" / "sil" / "loss.csv").is_file()
+        payload = read_checkpoint(tmp_path / "checkpoints" / "last.pt")
+        assert payload["trainer"]["self_imitation"]["num_steps"] == 3 * 4
 
 
 def test_smoke_covers_every_preset():
@@ -130,6 +159,67 @@ def test_preset_builds_its_agent(tmp_path, algo, num_critics, single, memory_noi
     assert torch.equal(first, second) is (memory_noise == 0.0)
     # one estimator writes the same value in both columns
     assert torch.equal(first[:, 0], first[:, 1]) is single
+
+
+def test_baseline_presets_build_their_agents(tmp_path):
+    spec = Bounded(-2.0, 2.0, shape=(3,))
+    states = TensorDict(observation=torch.randn(64, 11), batch_size=[64])
+    built = {}
+    for algo in ("sac", "ddpg", "td3_sil"):
+        cfg = recipe.load_config(tiny(algo, tmp_path))
+        recipe.check_config(cfg)
+        built[algo] = (cfg, *builders.make_agent(cfg, 11, spec))
+    # SAC: TanhNormal policy, 2 critics, per-step targets, temperature trained
+    cfg, actor, loss, per_step, bulk = built["sac"]
+    assert isinstance(loss, SACLoss) and per_step is not None and bulk is None
+    assert loss.qvalue_network_params.batch_size[0] == 2
+    actor_optim, critic_optim = builders.make_optimizers(cfg, loss)
+    assert any(p is loss.log_alpha for p in actor_optim.param_groups[0]["params"])
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        first = actor(states.clone())["action"]
+        second = actor(states.clone())["action"]
+    loc = actor.module[0](states.clone())["loc"]  # the evaluation: tanh(mean)
+    torch.testing.assert_close(first, torch.tanh(loc) * 2.0)
+    assert torch.equal(first, second)
+    with set_exploration_type(ExplorationType.RANDOM):
+        assert not torch.equal(actor(states.clone())["action"], first)
+    assert builders.STEP_METHODS["sac"] == ("qvalue_v2_loss", "actor_and_alpha_loss")
+    # DDPG: one critic, a target actor, lr 1e-3
+    cfg, actor, loss, per_step, bulk = built["ddpg"]
+    assert isinstance(loss, DDPGLoss) and per_step is not None
+    assert loss.delay_actor and loss.delay_value
+    actor_optim, critic_optim = builders.make_optimizers(cfg, loss)
+    assert actor_optim.param_groups[0]["lr"] == critic_optim.param_groups[0]["lr"]
+    probe = builders.make_critic_probe(loss)
+    assert probe(states.clone().set("action", torch.zeros(64, 3))).shape == (64, 1)
+    # TD3+SIL: TD3Loss, and a SIL hook sharing its critics and critic optimiser
+    cfg, actor, loss, per_step, bulk = built["td3_sil"]
+    assert type(loss) is TD3Loss
+    memory = builders.make_memory(cfg)
+    _, critic_optim = builders.make_optimizers(cfg, loss)
+    hook = builders.make_self_imitation(cfg, loss, memory, critic_optim)
+    assert hook.loss.qvalue_network_params is loss.qvalue_network_params
+    assert hook.loss.action_source == "policy" and hook.loss.coeff == 0.1
+    assert hook.optimizer is critic_optim and hook.start_frames == 200
+    probe = builders.make_critic_probe(loss)
+    assert probe(states.clone().set("action", torch.zeros(64, 3))).shape == (64, 2)
+
+
+def test_td3_sil_resume_equals_uninterrupted_run(tmp_path):
+    extra = ("collector.total_frames=500",)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run(tiny("td3_sil", straight, *extra))
+    run(tiny("td3_sil", split, *extra, "checkpoint.stop_after=300"))
+    resume = f"checkpoint.resume={split / 'checkpoints' / 'last.pt'}"
+    assert run(tiny("td3_sil", split, *extra, resume))["frames"] == 500
+    assert eval_csv(straight) == eval_csv(split)
+    assert eval_csv(straight, "q_bias") == eval_csv(split, "q_bias")
+    a = read_checkpoint(straight / "checkpoints" / "last.pt")["trainer"]
+    b = read_checkpoint(split / "checkpoints" / "last.pt")["trainer"]
+    for key, value in a["loss_module"].items():
+        assert torch.equal(value, b["loss_module"][key]), key
+    assert torch.equal(a["self_imitation"]["priority"], b["self_imitation"]["priority"])
+    assert a["self_imitation"]["num_steps"] == b["self_imitation"]["num_steps"] == 16
 
 
 def test_bf16_run_trains(tmp_path):
@@ -392,6 +482,102 @@ def test_plot_command_writes_curves_and_table(tmp_path, capsys):
         plot.collect(plot.find_runs([runs]))[("Hopper-v5", "td3")]
     )
     assert (frames, mean, std) == ([0, 10, 20], [2.0, 6.0, 8.0], [0.0, 0.0, 0.0])
+
+
+def test_plot_draws_the_overestimation_rows(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for seed, bias in ((0, 2.0), (1, 4.0)):
+        _fake_run(runs, "Hopper-v5", "gem", seed, [(0, 1.0), (20, 3.0)])
+        scalars = runs / "Hopper-v5" / "gem" / f"seed{seed}" / "logs" / "scalars"
+        for name, value in (("q_estimate", 10 + bias), ("mc_return", 10.0)):
+            (scalars / "eval" / f"{name}.csv").write_text(f"0,1.0\n20,{value}\n")
+        (scalars / "eval" / "q_bias.csv").write_text(f"0,0.0\n20,{bias}\n")
+    _fake_run(runs, "Hopper-v5", "td3", 0, [(0, 1.0), (20, 2.0)])  # no diagnostic
+    out = tmp_path / "curves.png"
+    plot.main([str(runs), "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "| Hopper-v5 | gem | 2 | 13.0 ± 1.0 | 10.0 ± 0.0 | 3.0 ± 1.0 |" in table
+    assert "| Hopper-v5 | td3 | 1 | 20 | 2.0 ± 0.0 |" in table
+
+
+class _ScriptedEnv:
+    """Replays prepared episodes: what EvaluationHook needs of an environment."""
+
+    def __init__(self, episodes) -> None:
+        self.episodes = episodes
+
+    def set_seed(self, seed):
+        self.queue = list(self.episodes)
+
+    def rollout(self, max_steps, policy, break_when_any_done=True):
+        return self.queue.pop(0)
+
+
+def _episode(obs, rewards, terminated, last_next_obs):
+    steps = len(obs)
+    next_obs = torch.tensor([*obs[1:], last_next_obs]).unsqueeze(-1)
+    ended = torch.zeros(steps, 1, dtype=torch.bool)
+    ended[-1] = True
+    return TensorDict(
+        observation=torch.tensor(obs).unsqueeze(-1),
+        action=torch.zeros(steps, 1),
+        next=TensorDict(
+            observation=next_obs,
+            reward=torch.tensor(rewards).unsqueeze(-1),
+            done=ended,
+            terminated=ended & terminated,
+            truncated=ended & (not terminated),
+            batch_size=[steps],
+        ),
+        batch_size=[steps],
+    )
+
+
+def test_overestimation_diagnostic_by_hand():
+    """Two critics Q0 = x + a, Q1 = 2x + a; gamma 0.5.
+
+    Episode A terminates: x = 1, 2, 3, rewards 1, 2, 3: G = 2.75, 3.5, 3.
+    Episode B is truncated after x = 0, 1 (rewards 1, 1) at x' = 4, where the
+    policy acts a = 1: Q0 = 5, Q1 = 9 bootstrap the returns of each estimate
+    (mean 7: G = 3.25, 4.5; min 5: G = 2.75, 3.5).
+    """
+    env = _ScriptedEnv(
+        [
+            _episode([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], True, 9.0),
+            _episode([0.0, 1.0], [1.0, 1.0], False, 4.0),
+        ]
+    )
+
+    def policy(td):
+        return td.set("action", torch.ones(*td.batch_size, 1))
+
+    def critic(td):
+        x, a = td["observation"], td["action"]
+        return torch.cat([x + a, 2 * x + a], -1)
+
+    hook = EvaluationHook(
+        env,
+        policy,
+        num_episodes=2,
+        seed=0,
+        critic=critic,
+        critic_groups=[(0, 1)],
+        gamma=0.5,
+    )
+    result = hook.evaluate()
+    # mean of the critics: [1.5, 3, 4.5] and [0, 1.5]; min: [1, 2, 3] and [0, 1]
+    assert result["q_estimate"] == pytest.approx(10.5 / 5)
+    assert result["mc_return"] == pytest.approx((2.75 + 3.5 + 3 + 3.25 + 4.5) / 5)
+    assert result["q_bias"] == pytest.approx(2.1 - 3.4)
+    assert result["q_estimate_group0"] == pytest.approx(7 / 5)
+    assert result["mc_return_group0"] == pytest.approx(
+        (2.75 + 3.5 + 3 + 2.75 + 3.5) / 5
+    )
+    assert result["q_bias_group0"] == pytest.approx(1.4 - 3.1)
+    assert result["return_mean"] == pytest.approx(4.0)
+    plain = EvaluationHook(env, policy, num_episodes=2, seed=0).evaluate()
+    assert sorted(plain) == ["episode_length", "return_mean", "return_std"]
 
 
 def test_finished_run_writes_its_plot(tmp_path):

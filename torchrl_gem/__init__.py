@@ -9,7 +9,9 @@ The pieces, each usable alone:
 - :class:`EpisodicMemory`: a replay buffer of trajectories that refreshes the returns
   of everything it stores;
 - :class:`GEMLoss`: TD3's losses with critics regressed onto those returns;
-- :func:`make_gem_actor`, :func:`make_gem_critics`: the reference networks.
+- :func:`make_gem_actor`, :func:`make_gem_critics`: the reference networks;
+- :class:`SelfImitationLoss`, :class:`MonteCarloReturn`: the TD3+SIL baseline's
+  self-imitation term and the memory returns it reads.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torchrl_gem.functional import twin_backprop_return
 from torchrl_gem.loss import GEMLoss, asymmetric_l2
 from torchrl_gem.memory import EpisodicMemory
 from torchrl_gem.networks import GEMCritic, make_gem_actor, make_gem_critics
+from torchrl_gem.sil import MonteCarloReturn, SelfImitationLoss
 from torchrl_gem.transforms import TwinBackPropTransform
 
 __all__ = [
@@ -26,6 +29,8 @@ __all__ = [
     "GEMCritic",
     "GEMEstimators",
     "GEMLoss",
+    "MonteCarloReturn",
+    "SelfImitationLoss",
     "TwinBackPropEstimator",
     "TwinBackPropTransform",
     "asymmetric_l2",

@@ -336,6 +336,12 @@ class EpisodicMemory(TensorDictReplayBuffer):
         """Number of stored transitions."""
         return len(self._writer.occupied_slots())
 
+    def sampleable(self, *keys: NestedKey) -> tuple[torch.Tensor, TensorDictBase]:
+        """The slots :meth:`sample` draws from (refreshed transitions) and their
+        ``keys`` entries, for samplers of one's own (e.g. prioritised)."""
+        slots = self._writer.sampleable_slots()
+        return slots, self._writer.written().select(*keys)[slots]
+
     @property
     def num_episodes(self) -> int:
         """Number of stored trajectories (finished or running)."""

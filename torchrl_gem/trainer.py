@@ -349,6 +349,19 @@ class EvaluationHook(TrainerHookBase):
     count (``"<prefix>/return_mean"``, ``"<prefix>/return_std"``,
     ``"<prefix>/episode_length"``) through ``logger`` (default: the trainer's).
 
+    With ``critic`` it also measures overestimation on the states the evaluation
+    visited: for every step ``t`` of every episode, the critics' estimate
+    ``Q(s_t, a_t)`` at the action taken, next to the discounted return obtained
+    from there, ``G_t = r_t + gamma r_{t+1} + ...`` to the episode's end. An
+    episode that ends by termination adds nothing after its last reward; one cut by
+    the time limit (or by ``max_steps``) is bootstrapped there with the same
+    estimate, ``gamma^(T-t) Q(s_T, pi(s_T))`` at its last next-state, so that the
+    comparison is not biased by the horizon the evaluation cut. Averaged over all
+    visited states: ``"<prefix>/q_estimate"`` (the mean over all critics),
+    ``"<prefix>/mc_return"`` and ``"<prefix>/q_bias"`` (their difference; > 0 is
+    overestimation); for each group ``g`` of ``critic_groups``, the same three
+    with the group's ``min`` as the estimate (``q_estimate_group<g>``, ...).
+
     With ``seed`` set, the environment is re-seeded before every evaluation, so all
     evaluations start from the same initial states: curves compare like with like,
     and the hook draws no random numbers that a resumed run would have to restore.
@@ -369,6 +382,11 @@ class EvaluationHook(TrainerHookBase):
         at_end (bool): evaluate at the end of training. Defaults to ``True``.
         logger (Logger, optional): where to log; defaults to ``trainer.logger``.
         prefix (str): metric name prefix. Defaults to ``"eval"``.
+        critic (Callable, optional): ``(observation, action)`` tensordict ``[N]`` ->
+            ``[N, K]`` values of ``K`` critics (the online ones, usually).
+        critic_groups (sequence of index sequences): critic groups whose ``min`` is
+            reported too (GEM's twin groups; TD3's pair). Defaults to none.
+        gamma (float): discount of the returns. Defaults to ``0.99``.
 
     Examples:
         >>> from torchrl.envs import GymEnv
@@ -381,6 +399,15 @@ class EvaluationHook(TrainerHookBase):
         ['episode_length', 'return_mean', 'return_std']
         >>> result["episode_length"]
         20.0
+        >>> critic = lambda td: td["observation"][:, :2] * 0 + 1.0  # 2 critics, Q=1
+        >>> hook = EvaluationHook(env, RandomPolicy(env.action_spec), num_episodes=1,
+        ...                       max_steps=20, seed=0, critic=critic, gamma=0.5,
+        ...                       critic_groups=[(0, 1)])
+        >>> result = hook.evaluate()
+        >>> result["q_estimate"], result["q_estimate_group0"]
+        (1.0, 1.0)
+        >>> sorted(key for key in result if "bias" in key)
+        ['q_bias', 'q_bias_group0']
     """
 
     def __init__(
@@ -396,6 +423,9 @@ class EvaluationHook(TrainerHookBase):
         at_end: bool = True,
         logger=None,
         prefix: str = "eval",
+        critic: Callable[[TensorDictBase], torch.Tensor] | None = None,
+        critic_groups: Sequence[Sequence[int]] = (),
+        gamma: float = 0.99,
     ) -> None:
         if interval < 1:
             raise ValueError(f"interval must be >= 1 frame, got {interval}.")
@@ -411,6 +441,11 @@ class EvaluationHook(TrainerHookBase):
         self.at_end = at_end
         self.logger = logger
         self.prefix = prefix
+        self.critic = critic
+        self.critic_groups = tuple(tuple(int(i) for i in g) for g in critic_groups)
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must lie in [0, 1], got {gamma}.")
+        self.gamma = float(gamma)
         self.history: list[tuple[int, float]] = []  # (frame, mean return)
         self._trainer: Trainer | None = None
 
@@ -422,7 +457,7 @@ class EvaluationHook(TrainerHookBase):
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Run the episodes now and return their statistics (nothing is logged)."""
-        returns, lengths = [], []
+        returns, lengths, rollouts = [], [], []
         with timeit("eval"), set_exploration_type(ExplorationType.DETERMINISTIC):
             if self.seed is not None:
                 self.env.set_seed(self.seed)
@@ -432,12 +467,72 @@ class EvaluationHook(TrainerHookBase):
                 )
                 returns.append(rollout.get(("next", "reward")).sum().item())
                 lengths.append(float(rollout.shape[-1]))
+                if self.critic is not None:
+                    rollouts.append(rollout)
+            bias = self.overestimation(rollouts) if rollouts else {}
         returns = torch.tensor(returns, dtype=torch.float64)
         return {
             "return_mean": returns.mean().item(),
             "return_std": returns.std(correction=0).item(),
             "episode_length": sum(lengths) / len(lengths),
+            **bias,
         }
+
+    def overestimation(self, rollouts: Sequence[TensorDictBase]) -> dict[str, float]:
+        """Critic estimates against discounted returns over episodes' states.
+
+        Each rollout is one episode ``[T]`` as ``env.rollout`` returns it. See the
+        class docstring for the definitions; call under the exploration type the
+        evaluation uses (the bootstrap action is the policy's).
+        """
+        names = [""] + [f"_group{g}" for g in range(len(self.critic_groups))]
+        estimates = {name: [] for name in names}
+        targets = {name: [] for name in names}
+        for rollout in rollouts:
+            rollout = rollout.reshape(-1)
+            values = self._estimates(rollout.exclude("next"))
+            reward = rollout.get(("next", "reward")).reshape(-1).double()
+            terminated = rollout.get(("next", "terminated"), None)
+            if terminated is None:
+                terminated = rollout.get(("next", "done"))
+            if bool(terminated[-1].any()):
+                tail = dict.fromkeys(names, 0.0)
+            else:  # time limit (or max_steps): bootstrap with the same estimate
+                last = rollout.get("next")[-1:].copy()
+                last.set("action", self.policy(last.clone()).get("action"))
+                tail = {k: float(v[0]) for k, v in self._estimates(last).items()}
+            discounts = self.gamma ** torch.arange(
+                len(reward), 0, -1, dtype=torch.float64
+            )  # gamma^(T - t)
+            rewards_to_go = self._rewards_to_go(reward)
+            for name in names:
+                estimates[name].append(values[name].double())
+                targets[name].append(rewards_to_go + discounts * tail[name])
+        out = {}
+        for name in names:
+            estimate = torch.cat(estimates[name]).mean().item()
+            target = torch.cat(targets[name]).mean().item()
+            out[f"q_estimate{name}"] = estimate
+            out[f"mc_return{name}"] = target
+            out[f"q_bias{name}"] = estimate - target
+        return out
+
+    def _rewards_to_go(self, reward: torch.Tensor) -> torch.Tensor:
+        """``out[t] = sum_{k >= t} gamma^(k - t) reward[k]`` of a 1-D tensor."""
+        out, running = [], 0.0
+        for value in reversed(reward.tolist()):
+            running = value + self.gamma * running
+            out.append(running)
+        return torch.tensor(out[::-1], dtype=torch.float64)
+
+    def _estimates(self, batch: TensorDictBase) -> dict[str, torch.Tensor]:
+        """``{"": mean over critics, "_group<g>": min over group g}``, each ``[N]``."""
+        values = self.critic(batch)
+        values = values.reshape(batch.numel(), -1).float()
+        out = {"": values.mean(-1)}
+        for index, group in enumerate(self.critic_groups):
+            out[f"_group{index}"] = values[:, list(group)].min(-1).values
+        return out
 
     def _run(self) -> None:
         frames = _frames(self._trainer)
