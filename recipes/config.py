@@ -536,19 +536,12 @@ def _expectation(hint: Any, bound: Range | None) -> str:
     hint, optional = _unwrap_optional(hint)
     cond = lambda integer: f" {bound.condition(integer)}" if bound else ""  # noqa: E731
     choices = _choices(hint)
-    if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint)
-        size = "non-empty " if bound is not None and bound.min_items == 1 else ""
-        if bound is not None and bound.min_items > 1:
-            size = f"at least {bound.min_items}-item "
+    if typing.get_origin(hint) is list:  # list[int] (sizes) or list[Choice]
+        size = "non-empty " if bound is not None and bound.min_items else ""
         if choices is not None:
             text = f"a list of values from {choices}"
-        elif item is int:
-            text = f"a {size}list of integers{cond(True)}"
-        elif item is float:
-            text = f"a {size}list of numbers{cond(False)}"
         else:
-            text = f"a {size}list of {_expectation(item, None)}"
+            text = f"a {size}list of integers{cond(True)}"
     elif choices is not None:
         text = f"one of {choices}"
     elif hint is bool:
