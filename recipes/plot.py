@@ -6,7 +6,8 @@ Each RUN_DIR is a run directory (it holds ``run_info.json``, written by the reci
 any folder above run directories (``runs/`` or ``runs/Hopper-v5``). Runs are grouped by
 task and algorithm; the figure has one panel per task and one line per algorithm,
 the mean over seeds with a +-std band (population std, as the paper's plots). A
-markdown table of the final returns (mean +- std over seeds) is printed.
+markdown table of the final returns, the mean of the last five evaluations and the
+best (each mean +- std over seeds) is printed.
 
 Where the runs logged the overestimation diagnostic (``eval/q_estimate``,
 ``eval/mc_return``, ``eval/q_bias``: the critics' mean estimate on the states of the
@@ -84,17 +85,26 @@ def aggregate(curves: list) -> tuple[list[int], list[float], list[float]]:
     return frames, [m for m, _ in stats], [s for _, s in stats]
 
 
-def markdown_table(groups: dict) -> str:
+def markdown_table(groups: dict, last: int = 5) -> str:
+    """Final, mean of the ``last`` evaluations and best return, mean ± std over runs.
+
+    A single final evaluation is noisy; the mean of the last few is steadier.
+    """
     lines = [
-        "| task | algorithm | runs | frames | final return (mean ± std) |",
-        "|---|---|---:|---:|---:|",
+        "| task | algorithm | runs | frames | final return | "
+        f"mean of last {last} | best |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for (task, algo), curves in groups.items():
-        finals = [curve[-1][1] for curve in curves]
         frames = sorted({curve[-1][0] for curve in curves})
         frame_text = str(frames[0]) if len(frames) == 1 else f"{frames[0]}-{frames[-1]}"
-        mean, std = _mean_std(finals)
-        row = [task, algo, str(len(curves)), frame_text, f"{mean:.1f} ± {std:.1f}"]
+        per_run = (
+            [curve[-1][1] for curve in curves],
+            [sum(v for _, v in curve[-last:]) / len(curve[-last:]) for curve in curves],
+            [max(v for _, v in curve) for curve in curves],
+        )
+        cells = ["{:.1f} ± {:.1f}".format(*_mean_std(values)) for values in per_run]
+        row = [task, algo, str(len(curves)), frame_text, *cells]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

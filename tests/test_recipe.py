@@ -475,9 +475,14 @@ def test_plot_command_writes_curves_and_table(tmp_path, capsys):
     plot.main([str(runs / "Hopper-v5"), str(runs / "Walker2d-v5"), "--out", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = capsys.readouterr().out
-    assert "| Hopper-v5 | gem | 2 | 20 | 20.0 ± 10.0 |" in table
-    assert "| Hopper-v5 | td3 | 1 | 20 | 8.0 ± 0.0 |" in table
-    assert "| Walker2d-v5 | gem | 1 | 20 | 50.0 ± 0.0 |" in table
+    # final, mean of the last 5 (here all 3), best; mean ± std over seeds
+    assert (
+        "| Hopper-v5 | gem | 2 | 20 | 20.0 ± 10.0 | 9.3 ± 4.0 | 20.0 ± 10.0 |" in table
+    )
+    assert "| Hopper-v5 | td3 | 1 | 20 | 8.0 ± 0.0 | 5.3 ± 0.0 | 8.0 ± 0.0 |" in table
+    assert (
+        "| Walker2d-v5 | gem | 1 | 20 | 50.0 ± 0.0 | 25.0 ± 0.0 | 50.0 ± 0.0 |" in table
+    )
     frames, mean, std = plot.aggregate(
         plot.collect(plot.find_runs([runs]))[("Hopper-v5", "td3")]
     )
