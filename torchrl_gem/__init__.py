@@ -10,12 +10,21 @@ The pieces, each usable alone:
   of everything it stores;
 - :class:`GEMLoss`: TD3's losses with critics regressed onto those returns;
 - :func:`make_gem_actor`, :func:`make_gem_critics`: the reference networks;
+- :class:`GEMDQNLoss`, :func:`make_nature_cnn_qnet`, :func:`make_gem_dqn_policy`:
+  GEM on discrete actions (the Atari variant) and its networks;
 - :class:`SelfImitationLoss`, :class:`MonteCarloReturn`: the TD3+SIL baseline's
   self-imitation term and the memory returns it reads.
 """
 
 from __future__ import annotations
 
+from torchrl_gem.dqn import (
+    GEMDQNLoss,
+    NatureQNet,
+    make_gem_dqn_policy,
+    make_nature_cnn_qnet,
+    released_huber,
+)
 from torchrl_gem.estimator import GEMEstimators, TwinBackPropEstimator
 from torchrl_gem.functional import twin_backprop_return
 from torchrl_gem.loss import GEMLoss, asymmetric_l2
@@ -27,14 +36,19 @@ from torchrl_gem.transforms import TwinBackPropTransform
 __all__ = [
     "EpisodicMemory",
     "GEMCritic",
+    "GEMDQNLoss",
     "GEMEstimators",
     "GEMLoss",
     "MonteCarloReturn",
+    "NatureQNet",
     "SelfImitationLoss",
     "TwinBackPropEstimator",
     "TwinBackPropTransform",
     "asymmetric_l2",
     "make_gem_actor",
     "make_gem_critics",
+    "make_gem_dqn_policy",
+    "make_nature_cnn_qnet",
+    "released_huber",
     "twin_backprop_return",
 ]
