@@ -47,6 +47,7 @@ from torchrl_gem.estimator import (
     check_twin_groups,
     default_twin_groups,
 )
+from torchrl_gem.loss import _check_choice
 
 __all__ = [
     "GEMDQNLoss",
@@ -507,11 +508,6 @@ class GEMDQNLoss(LossModule):
         self.value_type = GEMEstimators.TBP
         self._forward_value_estimator_keys()
         return self
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
 
 
 def _action_space(action_space, action_key: NestedKey = "action") -> ActionSpace:
