@@ -24,8 +24,8 @@ every 2k frames. Expect a Hopper return of a few hundred, a demo, not a result::
 The full paper budget is the default, ``collector.total_frames=1000000`` (15-20 h of
 2 CPU cores for GEM). Every option is documented in ``config.py``; ``algo`` picks a
 variant from ``algo/``: gem, bp, bp_4critics, gem_paired (GEM and its ablations), td3,
-td3_tbp (TD3Loss on GEM returns), and the paper's other baselines as its repository
-configured them, td3_sil, sac and ddpg::
+td3_tbp and sac_tbp (TD3Loss and SACLoss on GEM returns), and the paper's other
+baselines as its repository configured them, td3_sil, sac and ddpg::
 
     python recipes/gem_mujoco.py algo=sac      # batch 256, [256, 256], 10k warm-up
     python recipes/gem_mujoco.py algo=ddpg     # batch 100, lr 1e-3, one critic

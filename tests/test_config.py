@@ -49,6 +49,7 @@ NEW_PRESETS = {
     "td3_sil": ("td3_sil", "td0", False, True, "broadcast", "episodic", 2, False, False, 100, "delayed"),  # noqa: E501
     "sac": ("sac", "td0", False, True, "broadcast", "replay", 2, False, False, 100, "delayed"),  # noqa: E501
     "ddpg": ("ddpg", "td0", False, True, "broadcast", "replay", 1, False, False, 100, "delayed"),  # noqa: E501
+    "sac_tbp": ("sac", "tbp", False, True, "broadcast", "episodic", 2, False, False, 100, "delayed"),  # noqa: E501
 }  # fmt: skip
 PRESETS = {**OLD_PRESETS, **NEW_PRESETS}
 ALGOS = tuple(PRESETS)
@@ -71,6 +72,7 @@ SHARED_OVERRIDES = {
         "optim.policy_delay": 1,
     },
 }
+SHARED_OVERRIDES["sac_tbp"] = SHARED_OVERRIDES["sac"]  # sac_tbp extends sac
 # The sil section (used by loss=td3_sil only): the released TD3+SIL's settings.
 SIL_DEFAULTS = {
     "coeff": 0.1,
@@ -198,6 +200,24 @@ def test_algo_group_holds_exactly_the_variants():
     assert {path.stem for path in (RECIPES / "algo").glob("*.yaml")} == set(ALGOS)
 
 
+def _algo_values(name: str):
+    """The file `algo/<name>.yaml`, its own algo fields, and whether it is global."""
+    path = RECIPES / "algo" / f"{name}.yaml"
+    own = OmegaConf.load(path)
+    is_global = path.read_text().startswith("# @package _global_")
+    return own, (own.algo if is_global else own), is_global
+
+
+def _base_of(own):
+    """AlgoConfig merged with the algo fields of the files ``own`` extends."""
+    base = OmegaConf.structured(recipe_config.AlgoConfig)
+    for parent in own.get("defaults", []):
+        if parent != "_self_":
+            parent_own, parent_values, _ = _algo_values(parent.removesuffix("@algo"))
+            base = OmegaConf.merge(_base_of(parent_own), parent_values)
+    return base
+
+
 @pytest.mark.parametrize("algo", ALGOS)
 def test_variant_files_override_only_what_differs(algo):
     """Each value in a file changes its base: AlgoConfig, or the file it extends.
@@ -205,17 +225,8 @@ def test_variant_files_override_only_what_differs(algo):
     A file with ``# @package _global_`` holds its algo fields under ``algo:`` and
     may set shared sections, each of which must differ from the schema's default.
     """
-    path = RECIPES / "algo" / f"{algo}.yaml"
-    own = OmegaConf.load(path)
-    is_global = path.read_text().startswith("# @package _global_")
-    base = OmegaConf.structured(recipe_config.AlgoConfig)
-    for parent in own.get("defaults", []):
-        if parent != "_self_":
-            parent = parent.removesuffix("@algo")
-            base = OmegaConf.merge(
-                base, OmegaConf.load(RECIPES / "algo" / f"{parent}.yaml")
-            )
-    algo_values = own.algo if is_global else own
+    own, algo_values, is_global = _algo_values(algo)
+    base = _base_of(own)
     assert algo_values.name == algo
     for key in set(algo_values) - {"name", "defaults"}:
         assert algo_values[key] != base[key], f"{algo}.yaml repeats {key}"
@@ -312,8 +323,8 @@ def test_choices_compare_print_and_dump_as_strings():
          "now the config group algo"),
         # an unknown variant
         (["algo=gemm"], "algo: unknown value 'gemm' (did you mean 'gem'?); choose one "
-         "of ['bp', 'bp_4critics', 'ddpg', 'gem', 'gem_paired', 'sac', 'td3', "
-         "'td3_sil', 'td3_tbp']"),
+         "of ['bp', 'bp_4critics', 'ddpg', 'gem', 'gem_paired', 'sac', "
+         "'sac_tbp', 'td3', 'td3_sil', 'td3_tbp']"),
         # a value out of its declared range
         (["optim.gamma=1.5"], "optim.gamma: must lie in [0.0, 1.0], got 1.5"),
         (["optim.tau=0"], "optim.tau: must lie in (0.0, 1.0], got 0.0"),

@@ -48,8 +48,9 @@ ALGOS = (
     "td3_sil",
     "sac",
     "ddpg",
+    "sac_tbp",
 )
-EPISODIC = {"gem", "bp", "bp_4critics", "gem_paired", "td3_tbp", "td3_sil"}
+EPISODIC = {"gem", "bp", "bp_4critics", "gem_paired", "td3_tbp", "td3_sil", "sac_tbp"}
 
 
 def tiny(algo: str, run_dir: Path, *extra: str) -> list[str]:
@@ -116,7 +117,7 @@ def test_smoke_run_logs_evaluations(algo, tmp_path):
         rows = [line.split(",") for line in eval_csv(tmp_path, name).splitlines()]
         assert [int(step) for step, _ in rows] == [0, 200, 400]
         assert all(math.isfinite(float(value)) for _, value in rows)
-    groups = {"gem": 2, "bp": 2, "bp_4critics": 2, "gem_paired": 2, "td3_tbp": 2}
+    groups = dict.fromkeys(EPISODIC - {"td3_sil"}, 2)  # tbp: the two twin groups
     groups["ddpg"] = 0  # one critic: the mean only; else the twin pair's min
     logged = list((tmp_path / "logs" / "scalars" / "eval").glob("q_bias_group*.csv"))
     assert len(logged) == groups.get(algo, 1)

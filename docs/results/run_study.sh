@@ -22,6 +22,6 @@ EXTRA=("$@")
 sweep runs env.name=Hopper-v5 seed=0,1,2 algo=gem,td3
 sweep runs env.name=Walker2d-v5,HalfCheetah-v5 seed=0,1,2 algo=gem,td3
 # 2-4. baselines, ablations and GEM returns for TorchRL's losses, on Hopper
-sweep runs env.name=Hopper-v5 seed=0,1,2 algo=sac,ddpg,td3_sil,bp,gem_paired,td3_tbp
+sweep runs env.name=Hopper-v5 seed=0,1,2 algo=sac,ddpg,td3_sil,bp,gem_paired,td3_tbp,sac_tbp
 # bf16 learning parity (the fp32 side is part 1's gem runs)
 sweep bf16 env.name=Hopper-v5 seed=0,1,2 algo=gem optim.precision=bf16
