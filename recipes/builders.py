@@ -279,7 +279,10 @@ def make_agent(cfg: DictConfig, obs_dim: int, spec: Bounded):
     """
     half_range = (spec.space.high - spec.space.low) / 2
     actor, critics = make_networks(cfg, obs_dim, spec)
+    device = torch.device(cfg.network.get("device", "cpu"))  # network.device
+    actor, critics = actor.to(device), [critic.to(device) for critic in critics]
     loss = LOSS_BUILDERS[cfg.algo.loss](cfg, actor, critics, spec, half_range[0].item())
+    loss = loss.to(device)
     per_step_target = bulk_target = None
     if cfg.algo.target_update == "delayed":
         per_step_target = SoftUpdate(loss, tau=cfg.optim.tau)
@@ -293,7 +296,8 @@ def make_agent(cfg: DictConfig, obs_dim: int, spec: Bounded):
 
 def network_precision(cfg: DictConfig) -> str:
     """``optim.precision``, or fp32 where this machine has no fast bf16."""
-    return precision.resolve(str(cfg.optim.precision), "cpu")
+    device = cfg.get("network", {}).get("device", "cpu")
+    return precision.resolve(str(cfg.optim.precision), device)
 
 
 def critic_parameters(loss):
@@ -396,7 +400,20 @@ def make_exploration_policy(actor, spec: Bounded, sigma: torch.Tensor):
 
 
 def make_collector(cfg: DictConfig, env, policy) -> Collector:
-    """Uniform random actions for the warm-up, then ``policy``; timed as "collect"."""
+    """Uniform random actions for the warm-up, then ``policy``; timed as "collect".
+
+    ``collector.backend`` process or ray, several envs per worker, or networks off
+    the CPU: ``scaling.make_collector`` (TorchRL's multiprocess / Ray collectors).
+    """
+    col = cfg.collector
+    if (
+        col.get("backend", "single") != "single"
+        or col.get("envs_per_worker", 1) > 1
+        or cfg.get("network", {}).get("device", "cpu") != "cpu"
+    ):
+        from scaling import make_collector as make_scaled_collector
+
+        return make_scaled_collector(cfg, env, policy)
     return Collector(
         env,
         policy,
@@ -422,9 +439,10 @@ def make_memory(cfg: DictConfig):
             batch_size=cfg.optim.batch_size,
             scratch_dir=cfg.memory.scratch_dir,
             check_finite=(),
+            device=cfg.memory.get("device", "cpu"),
         )
     storage = (
-        LazyTensorStorage(cfg.memory.capacity)
+        LazyTensorStorage(cfg.memory.capacity, device=cfg.memory.get("device", "cpu"))
         if cfg.memory.storage == "tensor"
         else LazyMemmapStorage(cfg.memory.capacity, scratch_dir=cfg.memory.scratch_dir)
     )

@@ -54,6 +54,7 @@ __all__ = [
     "Backend",
     "CheckpointConfig",
     "Choice",
+    "CollectorBackend",
     "CollectorConfig",
     "ConfigError",
     "EnvConfig",
@@ -178,6 +179,12 @@ class Backend(Choice):
     wandb = "wandb"  # needs the wandb package
 
 
+class CollectorBackend(Choice):
+    single = "single"  # torchrl.collectors.Collector in the learner's process
+    process = "process"  # MultiSyncCollector: one process per worker
+    ray = "ray"  # RayCollector: one Ray actor per worker (needs the ray extra)
+
+
 class WandbMode(Choice):
     online = "online"
     offline = "offline"
@@ -269,6 +276,16 @@ class CollectorConfig:
     frames_per_batch: int = positive(100)
     # Gaussian exploration std in normalised action units (times the action half-range)
     exploration_sigma: float = bounded(0.1, low=0.0)
+    # single (this process) | process (MultiSyncCollector) | ray (RayCollector);
+    # process/ray resume inexactly: a resumed run starts new episodes (warned)
+    backend: CollectorBackend = CollectorBackend.single
+    # collector workers (processes or Ray actors); single: 1
+    num_workers: int = positive(1)
+    # environments per worker, stepped in series (SerialEnv); frames split evenly
+    envs_per_worker: int = positive(1)
+    # Ray cluster to join (ray.init address, e.g. auto); null = the running or a
+    # new local Ray instance
+    ray_address: str | None = None
 
 
 @dataclass
@@ -285,6 +302,9 @@ class MemoryConfig:
     refresh_every: int = positive(1)
     # states per target-network call in a refresh (bounds RAM, keeps caches warm)
     value_chunk_size: int | None = positive(2048)
+    # cpu | cuda | cuda:<n> of a tensor storage; an episodic memory (refreshed by
+    # the target networks) must sit on network.device
+    device: str = "cpu"
 
 
 @dataclass
@@ -308,6 +328,7 @@ class OptimConfig:
     # clip of the target smoothing noise, normalised action units
     noise_clip: float = bounded(0.5, low=0.0)
     # torch CPU threads for updates and refreshes; null = all cores of this process
+    # (in a joblib sweep: cores // hydra.launcher.n_jobs)
     num_threads: int | None = positive(None)
     # network passes (gradient steps, refresh) in bf16 autocast, fp32 master weights;
     # falls back to fp32 (logged) where bf16 is not fast
@@ -372,6 +393,9 @@ class NetworkConfig:
     hidden_sizes: list[int] = bounded([400, 300], low=0, open_low=True, min_items=1)
     # glorot (TF's Glorot-uniform + zero bias, as the reference) | torch (defaults)
     init: Init = Init.glorot
+    # cpu | cuda | cuda:<n>: networks, losses and gradient steps (the collector
+    # steps its envs and a policy copy on the CPU)
+    device: str = "cpu"
 
 
 @dataclass
@@ -751,12 +775,16 @@ def check_config(cfg: DictConfig) -> None:
     """All checks of a composed MuJoCo config; raises ``ConfigError``.
 
     The schema walk first (ranges, stray keys), then the rules across fields (the
-    algo's, the shared sections' with the checkpoint to resume), then the
+    algo's, the shared sections' with the checkpoint to resume, the collector layout
+    and devices: ``scaling.check_scaling``), then the
     environment id. Types and choices were checked by composition (``load_config``).
     """
+    from scaling import check_scaling  # collector layout, devices, extras
+
     check_schema(cfg, MujocoConfig)
     check_algo(cfg.algo)
     check_shared_rules(cfg)
+    check_scaling(cfg)
     check_env_name(cfg.env.name)
 
 
@@ -812,17 +840,20 @@ def load_config(
     overrides: list[str] | tuple[str, ...] = (),
     config_name: str = MUJOCO_CONFIG,
     schema: type = MujocoConfig,
+    config_dir: str | os.PathLike = HERE,
 ) -> DictConfig:
-    """Compose ``recipes/<config_name>.yaml`` with command-line style overrides.
+    """Compose ``<config_dir>/<config_name>.yaml`` with command-line style overrides.
 
     Bad types, choices and keys raise ``ConfigError`` naming the field (``schema``,
     the primary config's dataclass, words the message); ranges and cross-field rules
-    are ``check_config``'s. The result has no ``hydra`` node.
+    are ``check_config``'s. The result has no ``hydra`` node. ``config_dir``
+    defaults to ``recipes/`` (the MuJoCo recipe; the Atari one lives in
+    ``recipes/atari/``).
     """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    with initialize_config_dir(str(HERE), version_base="1.3"):
+    with initialize_config_dir(str(config_dir), version_base="1.3"):
         try:
             return compose(config_name=config_name, overrides=list(overrides))
         except (HydraException, OmegaConfBaseException) as err:

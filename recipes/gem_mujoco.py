@@ -38,10 +38,12 @@ discounted return obtained there (``eval/q_estimate``, ``eval/mc_return``,
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
 import hydra
+import torch
 from builders import (
     STEP_METHODS,
     action_half_range,
@@ -58,6 +60,7 @@ from builders import (
 )
 from config import ConfigError, check_config, load_config  # noqa: F401 - for tests
 from omegaconf import DictConfig
+from scaling import check_launcher, collector_steps, sweep_threads
 from torchrl.trainers import LogTiming, ReplayBufferTrainer, Trainer, UpdateWeights
 
 from runs import (
@@ -112,11 +115,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "frames": resumed["frames"],
             "run_dir": resumed["run_dir"],
         }
-    seed_everything(cfg.seed, cfg.optim.num_threads)
+    seed_everything(cfg.seed, cfg.optim.num_threads or sweep_threads())
 
     # ---- the parts: environments, agent, memory, collector, optimisers, logger ----
-    train_env = make_env(cfg, cfg.seed)
+    device = torch.device(cfg.network.device)  # networks, memory, refresh
+    train_env = make_env(cfg, cfg.seed)  # the single collector's (else specs only)
     eval_env = make_env(cfg, cfg.seed + EVAL_SEED_OFFSET)
+    if device.type != "cpu":
+        eval_env = eval_env.to(device)  # the actor evaluates where it trains
     spec, half_range = action_half_range(train_env, cfg.env.name)
     obs_dim = train_env.observation_spec["observation"].shape[-1]
     actor, loss, per_step_target, bulk_target = make_agent(cfg, obs_dim, spec)
@@ -144,6 +150,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             critic_method=critic_method,
             actor_method=actor_method,
             precision=network_precision(cfg),  # bf16 autocast, or fp32
+            device=device,
         ),
         logger=logger,
         progress_bar=False,  # ProgressBar below: resumes at its frame, shows eval
@@ -152,7 +159,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # ---- GEM's cycle: what the trainer runs per collected batch, in this order ----
     FiniteCheckHook().register(trainer)  # 1. refuse NaN/inf from the environment
-    replay = ReplayBufferTrainer(memory, batch_size=cfg.optim.batch_size)
+    replay = ReplayBufferTrainer(memory, batch_size=cfg.optim.batch_size, device=device)
     trainer.register_module("replay_buffer", replay)
     trainer.register_op("batch_process", replay.extend)  # 2. store the trajectories
     stats = EpisodeStats()
@@ -190,7 +197,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_state = RunCheckpoint(
         trainer,
         collector,
-        train_env,
+        train_env if collector_steps(cfg, train_env) else None,  # else inexact
         run_dir / "checkpoints" / "last.pt",
         identity,
         memory=memory,
@@ -232,4 +239,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_launcher(sys.argv[1:])  # a missing launcher plugin: say what to install
     main()

@@ -96,6 +96,10 @@ OLD_SECTIONS = {
         "init_random_frames": 25_000,
         "frames_per_batch": 100,
         "exploration_sigma": 0.1,
+        "backend": "single",  # scale-out (issue 11): the single collector, as before
+        "num_workers": 1,
+        "envs_per_worker": 1,
+        "ray_address": None,
     },
     "memory": {
         "capacity": 100_000,
@@ -103,6 +107,7 @@ OLD_SECTIONS = {
         "scratch_dir": None,
         "refresh_every": 1,
         "value_chunk_size": 2048,
+        "device": "cpu",
     },
     "optim": {
         "batch_size": 128,
@@ -116,7 +121,7 @@ OLD_SECTIONS = {
         "num_threads": None,
         "precision": "fp32",
     },
-    "network": {"hidden_sizes": [400, 300], "init": "glorot"},
+    "network": {"hidden_sizes": [400, 300], "init": "glorot", "device": "cpu"},
     "gem": {
         "asymmetry": 0.5,
         "actor_critics": "mean",
