@@ -7,7 +7,8 @@ The pieces, each usable alone:
   value estimator usable by any loss;
 - :class:`TwinBackPropTransform`: the same on replay-buffer slices, at sample time;
 - :class:`EpisodicMemory`: a replay buffer of trajectories that refreshes the returns
-  of everything it stores;
+  of everything it stores; :class:`FrameEpisodicMemory`, the same for frame-stacked
+  pixels, one frame per transition (Atari);
 - :class:`GEMLoss`: TD3's losses with critics regressed onto those returns;
 - :func:`make_gem_actor`, :func:`make_gem_critics`: the reference networks;
 - :class:`GEMDQNLoss`, :func:`make_nature_cnn_qnet`, :func:`make_gem_dqn_policy`:
@@ -26,6 +27,7 @@ from torchrl_gem.dqn import (
     released_huber,
 )
 from torchrl_gem.estimator import GEMEstimators, TwinBackPropEstimator
+from torchrl_gem.frames import FrameEpisodicMemory
 from torchrl_gem.functional import twin_backprop_return
 from torchrl_gem.loss import GEMLoss, asymmetric_l2
 from torchrl_gem.memory import EpisodicMemory
@@ -35,6 +37,7 @@ from torchrl_gem.transforms import TwinBackPropTransform
 
 __all__ = [
     "EpisodicMemory",
+    "FrameEpisodicMemory",
     "GEMCritic",
     "GEMDQNLoss",
     "GEMEstimators",

@@ -5,7 +5,7 @@
   or foreign file raises :class:`CheckpointError` before anything is loaded.
 - :func:`rng_state` / :func:`set_rng_state`: torch, NumPy and Python generators.
 - :func:`capture_env_state` / :func:`restore_env_state`: the exact state of a
-  Gymnasium MuJoCo environment wrapped by TorchRL's ``GymEnv``.
+  Gymnasium MuJoCo or Atari (ale-py) environment wrapped by TorchRL's ``GymEnv``.
 - :class:`RunCheckpoint`: everything that resumes a :class:`torchrl.trainers.Trainer`
   run bit for bit (trainer, collector step, environment, RNG), tagged with the run's
   identity and checked against the run that loads it.
@@ -141,9 +141,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # bit for bit. Other envs resume approximately: a fresh episode, the stored partial
 # one treated as cut.
 def capture_env_state(env: EnvBase) -> dict[str, Any] | None:
-    """The MuJoCo env's full state, or ``None`` for other environments."""
+    """The MuJoCo or ALE env's full state, or ``None`` for other environments.
+
+    ``env=None`` (the collector's envs live in worker processes) gives ``None``.
+    """
+    if env is None:
+        return None
     gym = gym_env(env)
     core = gym.unwrapped
+    if hasattr(core, "ale"):
+        return _capture_ale_state(env, gym, core)
     if not (hasattr(core, "model") and hasattr(core, "data")):
         return None
     import mujoco
@@ -160,16 +167,74 @@ def capture_env_state(env: EnvBase) -> dict[str, Any] | None:
 
 
 def restore_env_state(env: EnvBase, state: dict[str, Any]) -> None:
-    import mujoco
-
     gym = gym_env(env)
     core = gym.unwrapped
+    if "ale" in state:
+        _restore_ale_state(env, gym, core, state)
+        return
+    import mujoco
+
     spec = mujoco.mjtState.mjSTATE_INTEGRATION
     mujoco.mj_setState(core.model, core.data, state["mujoco"].numpy(), spec)
     for wrapper, elapsed in zip(_wrappers(gym), state["elapsed_steps"], strict=True):
         if elapsed is not None:
             set_elapsed_steps(wrapper, elapsed)
     core.np_random.bit_generator.state = state["np_random"]
+
+
+# Atari (ale-py) likewise: the emulator's state with its RNG (ALEState bytes), the
+# env's np_random (no-op resets), AtariPreprocessing's max-pool buffer and lives,
+# and the TorchRL transforms' buffers (CatFrames keeps the frames it stacks).
+def _capture_ale_state(env: EnvBase, gym, core) -> dict[str, Any]:
+    ale_bytes = core.ale.cloneState(include_rng=True).__getstate__()
+    wrappers = []
+    for wrapper in _wrappers(gym):
+        if type(wrapper).__name__ == "AtariPreprocessing":
+            wrappers.append(
+                {
+                    "obs_buffer": [
+                        torch.from_numpy(b.copy()) for b in wrapper.obs_buffer
+                    ],
+                    "lives": int(wrapper.lives),
+                    "game_over": bool(wrapper.game_over),
+                }
+            )
+        else:
+            wrappers.append({"elapsed_steps": elapsed_steps(wrapper)})
+    transform = getattr(env, "transform", None)
+    return {
+        "ale": torch.frombuffer(bytearray(ale_bytes), dtype=torch.uint8),
+        "np_random": core.np_random.bit_generator.state,
+        "wrappers": wrappers,
+        "transform": {} if transform is None else dict(transform.state_dict()),
+    }
+
+
+def _restore_ale_state(env: EnvBase, gym, core, state: dict[str, Any]) -> None:
+    from ale_py import ALEState
+
+    core.ale.restoreState(ALEState(state["ale"].numpy().tobytes()))
+    core.np_random.bit_generator.state = state["np_random"]
+    for wrapper, saved in zip(_wrappers(gym), state["wrappers"], strict=True):
+        if "obs_buffer" in saved:
+            for buffer, value in zip(
+                wrapper.obs_buffer, saved["obs_buffer"], strict=True
+            ):
+                buffer[...] = value.numpy()
+            wrapper.lives, wrapper.game_over = saved["lives"], saved["game_over"]
+        elif saved["elapsed_steps"] is not None:
+            set_elapsed_steps(wrapper, saved["elapsed_steps"])
+    if state["transform"]:
+        env.transform.load_state_dict(state["transform"])
+
+
+def _env_layout(state: dict[str, Any] | None) -> tuple | None:
+    """What a saved env state must share with the env that loads it."""
+    if state is None:
+        return None
+    if "ale" in state:
+        return ("ale", len(state["wrappers"]), sorted(state["transform"]))
+    return ("mujoco", tuple(state["mujoco"].shape), len(state["elapsed_steps"]))
 
 
 def _wrappers(gym_env) -> list:
@@ -184,8 +249,9 @@ class RunCheckpoint:
 
     A checkpoint holds the trainer's state (networks, optimisers, replay memory and
     every registered hook), the collector's running step, the training env's exact
-    state where it can be captured (MuJoCo) and all RNG states, plus ``identity``:
-    the settings a resuming run must share (task, algorithm, seed, sizes...).
+    state where it can be captured (MuJoCo, Atari) and all RNG states, plus
+    ``identity``: the settings a resuming run must share (task, algorithm, seed,
+    sizes...).
     :meth:`read` refuses a damaged file or one of another run before anything is
     built; :meth:`restore` checks that the built run has the saved layout, then loads
     it. Envs whose state cannot be captured resume with a fresh episode, the stored
@@ -193,8 +259,9 @@ class RunCheckpoint:
 
     Args:
         trainer (Trainer): the run, all modules registered.
-        collector: its TorchRL ``Collector`` (single process).
-        env (EnvBase): the collector's environment.
+        collector: its TorchRL ``Collector``.
+        env (EnvBase): the collector's environment; ``None`` when the collector
+            steps its envs in worker processes or Ray actors (inexact resume).
         path (Path): where :meth:`save` writes.
         identity (dict): settings a resuming run must share.
 
@@ -222,7 +289,9 @@ class RunCheckpoint:
             "frames": self.trainer.collected_frames,
             "trainer": self.trainer.state_dict(),
             "env": capture_env_state(self.env),
-            "carrier": collector_carrier(self.collector).clone().to_dict(),
+            "carrier": None
+            if self.env is None
+            else collector_carrier(self.collector).clone().to_dict(),
             "rng": rng_state(),
         }
         write_checkpoint(self.path, payload)
@@ -272,13 +341,7 @@ class RunCheckpoint:
         saved, current = payload["trainer"], self.trainer.state_dict()
         problems = []
         env_now, env_saved = capture_env_state(self.env), payload["env"]
-        if (env_now is None) != (env_saved is None) or (
-            env_now is not None
-            and (
-                env_now["mujoco"].shape != env_saved["mujoco"].shape
-                or len(env_now["elapsed_steps"]) != len(env_saved["elapsed_steps"])
-            )
-        ):
+        if _env_layout(env_now) != _env_layout(env_saved):
             problems.append("the environment's state layout differs")
         if set(saved) != set(current):
             problems.append(f"components {sorted(saved)} != {sorted(current)}")

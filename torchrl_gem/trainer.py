@@ -10,7 +10,9 @@ hook here so that the algorithm drops into the TorchRL trainer:
 - :class:`DelayedActorStepper`: critic step on every sampled batch, actor step on
   every ``policy_delay``-th one, with separate optimisers.
 
-More pieces of general use in off-policy recipes: :class:`EvaluationHook`
+For DQN-style schedules, :class:`HardTargetUpdateHook` copies the online networks
+into their targets every ``N`` batches (GEM's Atari agent refreshes its memory right
+after). More pieces of general use in off-policy recipes: :class:`EvaluationHook`
 (deterministic evaluation every ``N`` frames), :class:`FiniteCheckHook` (stop on
 NaN/inf coming from the environment, naming the step), :class:`EpisodeStats`
 (returns of the finished training episodes) and :class:`ProgressBar` (tqdm).
@@ -31,7 +33,7 @@ from tensordict import NestedKey, TensorDict, TensorDictBase
 from torchrl import timeit
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
-from torchrl.objectives import LossModule, SoftUpdate
+from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 from torchrl.objectives.utils import TargetNetUpdater
 from torchrl.trainers import OptimizationStepper, Trainer, TrainerHookBase
 
@@ -43,6 +45,7 @@ __all__ = [
     "EpisodeStats",
     "EvaluationHook",
     "FiniteCheckHook",
+    "HardTargetUpdateHook",
     "MemoryRefreshHook",
     "ProgressBar",
     "bulk_tau",
@@ -152,6 +155,10 @@ class MemoryRefreshHook(TrainerHookBase):
     Keyword Args:
         every (int): collected batches (calls) between two refreshes. Defaults to
             ``1``: every batch, as the released code (once per ``train_freq`` steps).
+        incremental (bool): on the calls in between, refresh only what was written
+            since the last refresh, ``memory.refresh(estimator, full=False)`` (a
+            :class:`~torchrl_gem.frames.FrameEpisodicMemory`, whose cached values
+            stay valid until the next target update). Defaults to ``False``.
 
     Examples:
         >>> import torch
@@ -182,12 +189,15 @@ class MemoryRefreshHook(TrainerHookBase):
         2 2
     """
 
-    def __init__(self, memory, estimator, *, every: int = 1) -> None:
+    def __init__(
+        self, memory, estimator, *, every: int = 1, incremental: bool = False
+    ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1 batch, got {every!r}.")
         self.memory = memory
         self.estimator = estimator
         self.every = every
+        self.incremental = incremental
         self.num_batches = 0  # calls so far; the refresh falls on multiples of every
         self.num_refreshes = 0
 
@@ -197,6 +207,8 @@ class MemoryRefreshHook(TrainerHookBase):
         if due:
             self.memory.refresh(self.estimator)
             self.num_refreshes += 1
+        elif self.incremental:
+            self.memory.refresh(self.estimator, full=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {"num_batches": self.num_batches, "num_refreshes": self.num_refreshes}
@@ -206,6 +218,75 @@ class MemoryRefreshHook(TrainerHookBase):
         self.num_refreshes = int(state_dict["num_refreshes"])
 
     def register(self, trainer: Trainer, name: str = "memory_refresh") -> None:
+        trainer.register_module(name, self)
+        trainer.register_op("pre_optim_steps", self)
+
+
+class HardTargetUpdateHook(TrainerHookBase):
+    """Copy the online networks into their targets every ``every`` collected batches.
+
+    DQN's and GEM-DQN's target update (every 8,000 gradient steps in the released
+    Atari code), at batch granularity: :meth:`register` places it at
+    ``"pre_optim_steps"``, before a :class:`MemoryRefreshHook` registered after it,
+    so that the memory is refreshed with the new targets. The first call copies
+    (a no-op right after construction), then every ``every``-th.
+
+    It steps TorchRL's :class:`~torchrl.objectives.HardUpdate`, which copies on the
+    step *after* ``value_network_update_interval`` steps; built with an interval of
+    ``0`` it copies on every step, so the period is this hook's alone.
+
+    Args:
+        loss_module (LossModule): the loss that owns the target parameters.
+
+    Keyword Args:
+        every (int): collected batches between two copies.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl_gem import GEMDQNLoss
+        >>> qnet = lambda: TensorDictModule(torch.nn.Linear(3, 2), ["observation"],
+        ...                                 ["action_value"])
+        >>> loss = GEMDQNLoss(qnet(), qnet())
+        >>> hook = HardTargetUpdateHook(loss, every=3)
+        >>> with torch.no_grad():
+        ...     _ = loss.sub_qvalue_network_params.apply(lambda p: p.add_(1.0))
+        >>> online = loss.sub_qvalue_network_params.flatten_keys()
+        >>> target = loss.target_sub_qvalue_network_params.flatten_keys()
+        >>> key = next(iter(online.keys()))
+        >>> copied = []
+        >>> for batch in range(4):
+        ...     hook()
+        ...     copied.append(torch.equal(online[key], target[key]))
+        ...     with torch.no_grad():
+        ...         _ = loss.sub_qvalue_network_params.apply(lambda p: p.add_(1.0))
+        >>> copied  # copies at batches 0 and 3
+        [True, False, False, True]
+    """
+
+    def __init__(self, loss_module: LossModule, *, every: int) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1 batch, got {every!r}.")
+        self.every = every
+        self.updater = HardUpdate(loss_module, value_network_update_interval=0)
+        self.num_batches = 0
+        self.num_updates = 0
+
+    def __call__(self) -> None:
+        due = self.num_batches % self.every == 0
+        self.num_batches += 1
+        if due:
+            self.updater.step()
+            self.num_updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_batches": self.num_batches, "num_updates": self.num_updates}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.num_batches = int(state_dict["num_batches"])
+        self.num_updates = int(state_dict["num_updates"])
+
+    def register(self, trainer: Trainer, name: str = "hard_target_update") -> None:
         trainer.register_module(name, self)
         trainer.register_op("pre_optim_steps", self)
 

@@ -1,0 +1,205 @@
+r"""GEM on Atari (the released DQN-based agent, Hu et al. ICML 2021) and DQN baselines.
+
+Built from TorchRL parts: Gymnasium ALE games (ale-py ships the ROMs) with the
+paper's preprocessing, a ``Collector`` (uniform random warm-up, then epsilon-greedy),
+``torchrl_gem``'s ``FrameEpisodicMemory`` (one 84x84 frame per transition, stacks
+rebuilt at sampling and refresh) and ``torchrl.trainers.Trainer``. The cycle per
+collected batch is the block of hook registrations in :func:`train`.
+
+Run from the repository root (needs ``pip install -e ".[atari,recipes]"``)::
+
+    python recipes/gem_atari.py                                   # GEM, Frostbite
+    python recipes/gem_atari.py env.name=ALE/Zaxxon-v5 algo=dqn seed=3
+    python recipes/gem_atari.py algo=ddqn                         # double DQN
+    python recipes/gem_atari.py checkpoint.resume=runs/<...>/checkpoints/last.pt
+
+A CPU-sized demo (a few minutes on 2 cores; a demo, not a result)::
+
+    python recipes/gem_atari.py env.name=ALE/Pong-v5 collector.total_frames=5000 \
+        collector.init_random_frames=1000 memory.capacity=20000 \
+        logger.eval_interval=2500 logger.eval_episodes=1 optim.num_threads=2
+
+The defaults are the released configuration (2.5M agent steps = 10M emulator
+frames, 1M-transition memory: far beyond 2 CPU cores; see README "Atari").
+Every option is documented in ``atari_config.py``; ``algo`` picks a file of
+``atari/algo/``: gem, dqn, ddqn.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import hydra
+from atari_builders import (
+    EpsilonGreedyEval,
+    EpsilonSchedule,
+    TimedStepper,
+    make_agent,
+    make_atari_env,
+    make_exploration_policy,
+    make_memory,
+    make_optimizer,
+)
+from atari_config import ATARI_CONFIG, ATARI_DIR, check_atari_config
+from atari_config import load_atari_config as load_config  # noqa: F401 - for tests
+from builders import make_collector
+from config import ConfigError
+from omegaconf import DictConfig
+from torchrl.trainers import LogTiming, ReplayBufferTrainer, Trainer, UpdateWeights
+
+from runs import (
+    EVAL_SEED_OFFSET,
+    make_logger,
+    read_resume,
+    resolve_run_dir,
+    run_identity,
+    seed_everything,
+    start_logs,
+    train_and_summarise,
+)
+from torchrl_gem.checkpoint import (
+    CheckpointError,
+    CheckpointHook,
+    RunCheckpoint,
+    StopSignal,
+)
+from torchrl_gem.trainer import (
+    EpisodeStats,
+    EvaluationHook,
+    FiniteCheckHook,
+    HardTargetUpdateHook,
+    MemoryRefreshHook,
+    ProgressBar,
+)
+
+# The settings a checkpoint must share with the run that resumes it.
+IDENTITY = (
+    "env",
+    "algo",
+    "seed",
+    "collector.frames_per_batch",
+    "memory.capacity",
+    "memory.storage",
+)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run (or resume) one training run described by ``cfg``; returns its summary."""
+    wall_start = time.perf_counter()
+    check_atari_config(cfg)
+    identity = run_identity(cfg, IDENTITY)
+    resume_path, resumed = read_resume(cfg, identity)  # refused before any work
+    if resumed is not None and resumed["frames"] >= cfg.collector.total_frames:
+        print(f"{resume_path}: finished at {resumed['frames']} frames, nothing to do.")
+        return {
+            "status": "already finished",
+            "signal": None,
+            "frames": resumed["frames"],
+            "run_dir": resumed["run_dir"],
+        }
+    seed_everything(cfg.seed, cfg.optim.num_threads)
+
+    # ---- the parts: environments, agent, memory, collector, optimiser, logger ----
+    train_env = make_atari_env(cfg, cfg.seed, clip_rewards=True)
+    eval_env = make_atari_env(cfg, cfg.seed + EVAL_SEED_OFFSET, clip_rewards=False)
+    spec = train_env.action_spec
+    loss, greedy = make_agent(cfg, spec)
+    memory = make_memory(cfg)
+    policy = make_exploration_policy(cfg, greedy, spec)
+    collector = make_collector(cfg, train_env, policy)
+    run_dir = resolve_run_dir(cfg, resumed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = make_logger(cfg, run_dir)
+    trainer = Trainer(
+        collector=collector,
+        total_frames=cfg.collector.total_frames,
+        frame_skip=1,  # frames are agent steps (the env skips emulator frames)
+        optim_steps_per_batch=cfg.algo.updates_per_batch,
+        loss_module=loss,
+        optimizer=make_optimizer(cfg, loss),
+        optimization_stepper=TimedStepper(),  # sum of the loss_* entries, one Adam
+        clip_norm=cfg.optim.max_grad_norm,
+        logger=logger,
+        progress_bar=False,  # ProgressBar below: resumes at its frame, shows eval
+        log_interval=cfg.logger.log_interval,
+    )
+    batches_per_target = cfg.algo.target_update_interval // cfg.algo.updates_per_batch
+
+    # ---- the cycle: what the trainer runs per collected batch, in this order ----
+    FiniteCheckHook(keys=[("next", "reward")]).register(trainer)  # 1. NaN/inf guard
+    replay = ReplayBufferTrainer(memory, batch_size=cfg.optim.batch_size)
+    trainer.register_module("replay_buffer", replay)
+    trainer.register_op("batch_process", replay.extend)  # 2. store single frames
+    stats = EpisodeStats()
+    stats.register(trainer)  # 3. log the raw scores of finished training episodes
+    # 4. hard target copy every target_update_interval gradient steps (TorchRL's
+    # HardUpdate, copying on every step it is given: the period is the hook's)
+    HardTargetUpdateHook(loss, every=batches_per_target).register(trainer)
+    if cfg.algo.loss == "gem":  # 5. memory returns: full refresh with new targets,
+        refresh = MemoryRefreshHook(  # else only the new states (cached values)
+            memory, loss.value_estimator, every=batches_per_target, incremental=True
+        )
+        refresh.register(trainer)
+    trainer.register_op("process_optim_batch", replay.sample)  # 6. gradient steps
+    EpsilonSchedule(policy[-1], cfg, trainer).register(trainer)  # 7. anneal epsilon
+    UpdateWeights(collector, update_weights_interval=1).register(trainer)  # 8. sync
+    evaluation = EvaluationHook(  # 9. raw-score evaluation every N frames
+        eval_env,
+        EpsilonGreedyEval(greedy, spec, cfg.explore.eps_eval),
+        interval=cfg.logger.eval_interval,
+        num_episodes=cfg.logger.eval_episodes,
+        max_steps=cfg.env.max_episode_steps,
+        seed=cfg.seed + EVAL_SEED_OFFSET,
+        gamma=cfg.optim.gamma,
+    )
+    evaluation.register(trainer)
+    LogTiming(prefix="time", percall=False).register(trainer)  # 10. time split
+    progress = ProgressBar(trainer, stats, evaluation, cfg.logger.progress_bar)
+    trainer.register_op("post_steps_log", progress)  # 11. progress bar
+    run_state = RunCheckpoint(
+        trainer,
+        collector,
+        train_env,
+        run_dir / "checkpoints" / "last.pt",
+        identity,
+        memory=memory,
+        extra={"run_dir": str(run_dir)},
+    )
+    stop_signal = StopSignal()
+    checkpointer = CheckpointHook(  # 12. checkpoint: periodic, final, on a signal
+        run_state.save,
+        interval=cfg.checkpoint.interval,
+        stop_after=cfg.checkpoint.stop_after,
+        stop_signal=stop_signal,
+    )
+    checkpointer.register(trainer)
+
+    if resumed is not None:
+        run_state.restore(resumed, resume_path)
+        print(f"Resumed {resume_path} at frame {trainer.collected_frames}.")
+    start_logs(cfg, run_dir, logger, resumed=resumed is not None)
+    return train_and_summarise(
+        cfg,
+        trainer,
+        run_dir=run_dir,
+        evaluation=evaluation,
+        checkpointer=checkpointer,
+        stop_signal=stop_signal,
+        progress=progress,
+        wall_start=wall_start,
+    )
+
+
+@hydra.main(version_base="1.3", config_path=str(ATARI_DIR), config_name=ATARI_CONFIG)
+def main(cfg: DictConfig) -> None:
+    try:
+        summary = train(cfg)
+    except (ConfigError, CheckpointError) as err:
+        raise SystemExit(f"error: {err}") from None
+    if summary["signal"] is not None:
+        raise SystemExit(128 + summary["signal"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,416 @@
+"""The Atari half: the frame memory, the ALE environment and the recipe end to end.
+
+The frame memory is checked against stacks that an environment produced (synthetic
+CatFrames-style episodes, then a real ALE game through a collector); the recipe runs
+on ALE/Pong-v5 for a few hundred agent steps with tiny budgets.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+pytest.importorskip("ale_py", reason="the atari extra (ale-py) is not installed")
+pytest.importorskip("cv2", reason="the atari extra (opencv) is not installed")
+pytest.importorskip("hydra")
+
+import atari_builders  # noqa: E402 - recipes/ is on pytest's pythonpath
+import atari_config  # noqa: E402
+import gem_atari as recipe  # noqa: E402
+from builders import make_collector  # noqa: E402
+from config import ConfigError  # noqa: E402
+
+from torchrl_gem import EpisodicMemory  # noqa: E402
+from torchrl_gem.checkpoint import read_checkpoint  # noqa: E402
+from torchrl_gem.frames import FrameEpisodicMemory  # noqa: E402
+
+GAME = "ALE/Pong-v5"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------- frame memory
+def synthetic_batches(num_envs, steps, batches, padding, generator, p_done=0.15):
+    """Collector-like ``[num_envs, steps]`` batches of 4-stacks of 2x3 frames.
+
+    Each env runs episodes that end at random (done, half of them terminated);
+    stacks are what CatFrames makes: at reset the first frame repeated
+    (``"same"``) or zeros then the frame (``"constant"``).
+    """
+    state = {}  # env -> (stack, trajectory id)
+    next_id = 0
+    out = []
+
+    def reset_stack(frame):
+        if padding == "same":
+            return frame.expand(4, *frame.shape).clone()
+        return torch.cat([torch.zeros(3, *frame.shape, dtype=frame.dtype), frame[None]])
+
+    def new_frame():
+        return torch.randint(0, 256, (2, 3), dtype=torch.uint8, generator=generator)
+
+    for _ in range(batches):
+        rows = []
+        for env in range(num_envs):
+            if env not in state:
+                state[env] = (reset_stack(new_frame()), next_id)
+                next_id += 1
+            steps_td = []
+            for _ in range(steps):
+                stack, traj = state[env]
+                nxt = torch.cat([stack[1:], new_frame()[None]])
+                done = bool(torch.rand((), generator=generator) < p_done)
+                terminated = done and bool(torch.rand((), generator=generator) < 0.5)
+                steps_td.append(
+                    TensorDict(
+                        pixels=stack,
+                        action=torch.randint(3, (), generator=generator),
+                        collector=TensorDict(traj_ids=torch.tensor(traj)),
+                        next=TensorDict(
+                            pixels=nxt,
+                            reward=torch.randn(1, generator=generator),
+                            done=torch.tensor([done]),
+                            terminated=torch.tensor([terminated]),
+                        ),
+                    )
+                )
+                if done:
+                    state[env] = (reset_stack(new_frame()), next_id)
+                    next_id += 1
+                else:
+                    state[env] = (nxt, traj)
+            rows.append(torch.stack(steps_td))
+        out.append(torch.stack(rows))
+    return out
+
+
+def check_stacks(memory, written):
+    """Every stored slot rebuilds the stacks it was written with."""
+    slots = memory._writer.occupied_slots()
+    obs, nxt = memory.stacks(slots)
+    for index, slot in enumerate(slots.tolist()):
+        assert torch.equal(obs[index], written[slot]["pixels"]), slot
+        assert torch.equal(nxt[index], written[slot]["next", "pixels"]), slot
+
+
+@pytest.mark.parametrize("padding", ["same", "constant"])
+def test_frame_memory_rebuilds_stacks_across_batches_and_evictions(padding):
+    generator = torch.Generator().manual_seed(0)
+    memory = FrameEpisodicMemory(capacity=40, batch_size=16, sample_unrefreshed=True)
+    written = {}
+    for batch in synthetic_batches(2, 6, 12, padding, generator):
+        slots = memory.extend(batch)
+        for slot, step in zip(slots.tolist(), batch.reshape(-1).unbind(0), strict=True):
+            written[slot] = step  # the slot's latest content
+        check_stacks(memory, written)
+    assert memory.num_episodes > 1 and len(memory) <= 40
+    # the evicted episodes' start stacks are gone with them
+    assert len(memory._start_stacks) == memory.num_episodes
+    sample = memory.sample()
+    for row, slot in zip(sample.unbind(0), sample["index"].tolist(), strict=True):
+        assert torch.equal(row["pixels"], written[slot]["pixels"])
+        assert torch.equal(row["next", "pixels"], written[slot]["next", "pixels"])
+    assert "_frames" not in sample.keys()
+
+
+def test_frame_memory_refresh_equals_stacked_memory_and_incremental():
+    """Same returns as an EpisodicMemory of whole stacks; incremental == full."""
+    generator = torch.Generator().manual_seed(1)
+    batches = synthetic_batches(2, 5, 8, "same", generator)
+
+    class PixelValue(torch.nn.Module):  # a value that depends on the whole stack
+        def __init__(self):
+            super().__init__()
+            self.weights = torch.nn.Parameter(torch.arange(4.0).reshape(4, 1, 1) + 1)
+
+        def forward(self, pixels):
+            value = (pixels.float() * self.weights).mean((-3, -2, -1))
+            return torch.stack([value, -value, value / 2], -1) / 100
+
+    def estimator():
+        from tensordict.nn import TensorDictModule
+
+        net = TensorDictModule(PixelValue(), ["pixels"], ["action_value"])
+        params = TensorDict.from_module(net).expand(2).clone()
+        from torchrl_gem import TwinBackPropEstimator
+
+        est = TwinBackPropEstimator(
+            gamma=0.9,
+            qvalue_network=net,
+            qvalue_params=params,
+            action_space="discrete",
+            value_chunk_size=7,
+        )
+        est.set_keys(value="action_value")
+        return est
+
+    frames = FrameEpisodicMemory(capacity=1000, batch_size=4)
+    incremental = FrameEpisodicMemory(capacity=1000, batch_size=4)
+    stacked = EpisodicMemory(capacity=1000, batch_size=4, check_finite=())
+    est = estimator()
+    for batch in batches:
+        for memory in (frames, incremental, stacked):
+            memory.extend(batch)
+        incremental.refresh(est, full=False)  # values of new states only
+    frames.refresh(est)
+    stacked.refresh(est)
+    got = frames._writer.written().get("memory_return")
+    want = stacked._writer.written().get("memory_return")
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.equal(incremental._writer.written().get("memory_return"), got)
+
+
+def test_frame_memory_state_round_trips(tmp_path):
+    generator = torch.Generator().manual_seed(2)
+    batches = synthetic_batches(1, 7, 4, "same", generator)
+    memory = FrameEpisodicMemory(capacity=100, batch_size=4, sample_unrefreshed=True)
+    for batch in batches[:3]:
+        memory.extend(batch)
+    copy = FrameEpisodicMemory(capacity=100, batch_size=4, sample_unrefreshed=True)
+    copy.load_state_dict(memory.state_dict())
+    disk = FrameEpisodicMemory(capacity=100, batch_size=4, sample_unrefreshed=True)
+    memory.dumps(tmp_path / "memory")
+    disk.loads(tmp_path / "memory")
+    for other in (copy, disk):  # a running episode continues across the reload
+        for target in (memory, other):
+            target.extend(batches[3])
+        slots = memory._writer.occupied_slots()
+        for mine, theirs in zip(memory.stacks(slots), other.stacks(slots), strict=True):
+            assert torch.equal(mine, theirs)
+        memory = FrameEpisodicMemory(
+            capacity=100, batch_size=4, sample_unrefreshed=True
+        )
+        for batch in batches[:3]:
+            memory.extend(batch)
+
+
+def test_frame_memory_memmap_and_bytes(tmp_path):
+    generator = torch.Generator().manual_seed(3)
+    (batch,) = synthetic_batches(1, 10, 1, "same", generator, p_done=0.0)
+    memory = FrameEpisodicMemory(
+        capacity=20, storage="memmap", scratch_dir=str(tmp_path), batch_size=2
+    )
+    memory.extend(batch)
+    obs, _ = memory.stacks(memory._writer.occupied_slots())
+    assert torch.equal(obs, batch.reshape(-1)["pixels"])
+    assert memory.stored_pixels_bytes() == 10 * 6 + 4 * 6  # frames + 1 start stack
+
+
+def test_frame_memory_refuses_wrong_stacks():
+    generator = torch.Generator().manual_seed(4)
+    (batch,) = synthetic_batches(1, 3, 1, "same", generator)
+    with pytest.raises(ValueError, match="num_frames=3 frames along dim -3"):
+        FrameEpisodicMemory(num_frames=3).extend(batch)
+    with pytest.raises(KeyError, match="pixels"):
+        FrameEpisodicMemory().extend(batch.exclude("pixels"))
+
+
+# ------------------------------------------------------------ environment
+def config(*overrides):
+    return atari_config.load_atari_config([f"env.name={GAME}", *overrides])
+
+
+def test_memory_rebuilds_what_the_ale_env_stacked():
+    """A real game through a collector: short episodes, batches cut them, eviction."""
+    cfg = config(
+        "env.max_episode_steps=13",  # ALE truncations, mid-batch
+        "collector.total_frames=90",
+        "collector.init_random_frames=90",
+        "collector.frames_per_batch=9",
+    )
+    env = atari_builders.make_atari_env(cfg, 0, clip_rewards=True)
+    loss, greedy = atari_builders.make_agent(cfg, env.action_spec)
+    policy = atari_builders.make_exploration_policy(cfg, greedy, env.action_spec)
+    memory = FrameEpisodicMemory(capacity=40, sample_unrefreshed=True, check_finite=())
+    written = {}
+    truncated = 0
+    for batch in make_collector(cfg, env, policy):
+        truncated += int(batch["next", "truncated"].sum())
+        slots = memory.extend(batch)
+        for slot, step in zip(slots.tolist(), batch.reshape(-1).unbind(0), strict=True):
+            written[slot] = step
+        check_stacks(memory, written)
+    assert truncated >= 5  # episodes started over and over
+    pixels = written[0]["pixels"]
+    assert pixels.shape == (4, 84, 84) and pixels.dtype == torch.uint8
+
+
+def test_learning_rewards_clipped_raw_scores_kept():
+    cfg = config("env.name=ALE/SpaceInvaders-v5")
+    train_env = atari_builders.make_atari_env(cfg, 0, clip_rewards=True)
+    eval_env = atari_builders.make_atari_env(cfg, 0, clip_rewards=False)
+    torch.manual_seed(0)
+    actions = [train_env.action_spec.rand() for _ in range(250)]
+
+    def play(env):
+        td, rewards = env.reset(), []
+        for action in actions:
+            td = env.step(td.set("action", action))
+            rewards.append(td["next", "reward"].item())
+            td = td["next"]
+        return torch.tensor(rewards), td["episode_reward"].item()
+
+    clipped, train_score = play(train_env)
+    raw, eval_score = play(eval_env)
+    assert raw.max() > 1  # the game scores more than 1 per hit
+    assert torch.equal(clipped, raw.clamp(-1, 1))
+    assert train_score == eval_score == raw.sum().item()
+    spec = train_env.full_done_spec
+    assert {"done", "terminated", "truncated"} <= set(spec.keys())
+
+
+# ----------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["env.name=ALE/Frostbyte-v5"], r"^env.name: unknown .*'ALE/Frostbite-v5'"),
+        (["env.name=CartPole-v1"], r"^env.name: 'CartPole-v1' is not an Atari"),
+        (["algo.target_update_interval=8001"], r"^algo.target_update_interval: "),
+        (["algo=gem", "algo.double_dqn=true"], r"^algo.double_dqn: double DQN"),
+        (["explore.eps_end=0.9", "explore.eps_init=0.5"], r"^explore.eps_end: "),
+        (["optim.batch_size=0"], r"^optim.batch_size: must be an integer > 0"),
+        (["collector.num_workers=2"], r"^collector.num_workers: "),
+    ],
+)
+def test_bad_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        atari_config.check_atari_config(config(*overrides))
+
+
+def test_unknown_variant_and_field_are_refused():
+    with pytest.raises(ConfigError, match=r"^algo: unknown value 'dqnn'"):
+        config("algo=dqnn")
+    with pytest.raises(ConfigError, match=r"^explore.eps: unknown field"):
+        config("explore.eps=0.3")
+
+
+def test_missing_extra_names_the_install_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ale_py" else real(name, *a),
+    )
+    with pytest.raises(ConfigError, match=r'pip install -e "\.\[atari\]"'):
+        atari_config.check_atari_env(GAME)
+
+
+# ----------------------------------------------------------------- recipe
+def tiny(algo: str, run_dir: Path, *extra: str) -> list[str]:
+    """Overrides of a few-second run: 300 agent steps of Pong, tiny memory."""
+    base = [
+        f"algo={algo}",
+        f"env.name={GAME}",
+        "env.max_episode_steps=60",  # truncations happen, evaluations stay short
+        "collector.total_frames=300",
+        "collector.init_random_frames=100",
+        "collector.frames_per_batch=50",
+        "algo.updates_per_batch=2",
+        "algo.target_update_interval=4",  # a target copy every 2 batches
+        "optim.batch_size=8",
+        "optim.num_threads=1",
+        "memory.capacity=250",  # evicts episodes
+        "memory.value_chunk_size=64",
+        "logger.eval_interval=150",
+        "logger.eval_episodes=1",
+        "logger.log_interval=0",
+        "logger.progress_bar=false",
+        "logger.plot=false",
+        "checkpoint.interval=0",
+        f"logger.run_dir={run_dir}",
+    ]
+    merged = {item.split("=", 1)[0]: item for item in [*base, *extra]}
+    return list(merged.values())
+
+
+def run(overrides: list[str]) -> dict:
+    return recipe.train(recipe.load_config(overrides))
+
+
+def eval_csv(run_dir: Path) -> str:
+    return (run_dir / "logs" / "scalars" / "eval" / "return_mean.csv").read_text()
+
+
+@pytest.mark.parametrize("algo", ["gem", "dqn", "ddqn"])
+def test_smoke_run(algo, tmp_path):
+    summary = run(tiny(algo, tmp_path, "logger.plot=true"))
+    assert summary["status"] == "finished" and summary["frames"] == 300
+    assert [frame for frame, _ in summary["evaluations"]] == [0, 150, 300]
+    assert (tmp_path / "curves.png").is_file()
+    losses = {"gem": ["loss_sub", "loss_meta"], "dqn": ["loss"], "ddqn": ["loss"]}
+    for name in losses[algo]:
+        assert (tmp_path / "logs" / "scalars" / f"{name}.csv").is_file(), name
+    assert summary["timing"]["update"] > 0
+    if algo == "gem":
+        assert summary["timing"]["memory refresh"] > 0
+    payload = read_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    trainer = payload["trainer"]
+    # 5 training batches (frames 100 to 300), a target copy every 2: 0, 2, 4
+    assert trainer["hard_target_update"]["num_updates"] == 3
+    if algo == "gem":  # each followed by a full refresh (incremental in between)
+        assert trainer["memory_refresh"]["num_refreshes"] == 3
+    assert "ale" in payload["env"]
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run(tiny("gem", straight))
+    stopped = run(tiny("gem", split, "checkpoint.stop_after=200"))
+    assert stopped["frames"] == 200 and stopped["status"].startswith("stopped")
+    shutil.copy(split / "checkpoints" / "last.pt", tmp_path / "stopped.pt")
+    resume = f"checkpoint.resume={split / 'checkpoints' / 'last.pt'}"
+    assert run(tiny("gem", split, resume))["frames"] == 300
+    assert eval_csv(straight) == eval_csv(split)
+    a = read_checkpoint(straight / "checkpoints" / "last.pt")
+    b = read_checkpoint(split / "checkpoints" / "last.pt")
+    for key, value in a["trainer"]["loss_module"].items():
+        assert torch.equal(value, b["trainer"]["loss_module"][key]), key
+    assert torch.equal(a["env"]["ale"], b["env"]["ale"])
+    memory_a = a["trainer"]["replay_buffer"]["replay_buffer"]["_storage"]["_storage"]
+    memory_b = b["trainer"]["replay_buffer"]["replay_buffer"]["_storage"]["_storage"]
+    for key, value in memory_a.items():
+        assert torch.equal(value, memory_b[key]), key
+    # the interruption fell inside an episode, which then continued exactly
+    stopped_payload = read_checkpoint(tmp_path / "stopped.pt")
+    assert int(stopped_payload["carrier"]["step_count"]) > 0
+
+
+def test_resume_of_another_game_is_refused(tmp_path):
+    run(tiny("dqn", tmp_path, "checkpoint.stop_after=150"))
+    resume = f"checkpoint.resume={tmp_path / 'checkpoints' / 'last.pt'}"
+    other = tiny("dqn", tmp_path / "other", resume, "env.name=ALE/Breakout-v5")
+    with pytest.raises(Exception, match="belongs to another run"):
+        run(other)
+
+
+def test_every_schema_field_and_yaml_value_has_a_comment():
+    import dataclasses
+    import inspect
+
+    classes = [
+        obj
+        for obj in vars(atari_config).values()
+        if dataclasses.is_dataclass(obj) and obj.__module__ == "atari_config"
+    ]
+    assert len(classes) >= 7
+    for cls in classes:
+        lines = inspect.getsource(cls).splitlines()
+        for name in cls.__annotations__:  # fields declared here (others: config.py)
+            (at,) = [i for i, s in enumerate(lines) if s.startswith(f"    {name}:")]
+            assert lines[at - 1].strip().startswith("# "), f"{cls.__name__}.{name}"
+    atari_dir = atari_config.ATARI_DIR
+    for path in [atari_dir / "gem_atari.yaml", *(atari_dir / "algo").glob("*.yaml")]:
+        for line in path.read_text().splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                assert " # " in line, f"{path.name}: {line!r}"
