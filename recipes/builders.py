@@ -279,7 +279,7 @@ def make_agent(cfg: DictConfig, obs_dim: int, spec: Bounded):
     """
     half_range = (spec.space.high - spec.space.low) / 2
     actor, critics = make_networks(cfg, obs_dim, spec)
-    device = torch.device(cfg.network.get("device", "cpu"))  # network.device
+    device = torch.device(cfg.network.device)
     actor, critics = actor.to(device), [critic.to(device) for critic in critics]
     loss = LOSS_BUILDERS[cfg.algo.loss](cfg, actor, critics, spec, half_range[0].item())
     loss = loss.to(device)
@@ -296,8 +296,7 @@ def make_agent(cfg: DictConfig, obs_dim: int, spec: Bounded):
 
 def network_precision(cfg: DictConfig) -> str:
     """``optim.precision``, or fp32 where this machine has no fast bf16."""
-    device = cfg.get("network", {}).get("device", "cpu")
-    return precision.resolve(str(cfg.optim.precision), device)
+    return precision.resolve(str(cfg.optim.precision), cfg.network.device)
 
 
 def critic_parameters(loss):
@@ -405,7 +404,7 @@ def make_collector(cfg: DictConfig, env, policy) -> Collector:
     ``collector.backend`` process or ray, several envs per worker, or networks off
     the CPU: ``scaling.make_collector`` (TorchRL's multiprocess / Ray collectors).
     """
-    col = cfg.collector
+    col = cfg.collector  # .get: the Atari recipe's config has no network section
     if (
         col.get("backend", "single") != "single"
         or col.get("envs_per_worker", 1) > 1
@@ -439,10 +438,10 @@ def make_memory(cfg: DictConfig):
             batch_size=cfg.optim.batch_size,
             scratch_dir=cfg.memory.scratch_dir,
             check_finite=(),
-            device=cfg.memory.get("device", "cpu"),
+            device=cfg.memory.device,
         )
     storage = (
-        LazyTensorStorage(cfg.memory.capacity, device=cfg.memory.get("device", "cpu"))
+        LazyTensorStorage(cfg.memory.capacity, device=cfg.memory.device)
         if cfg.memory.storage == "tensor"
         else LazyMemmapStorage(cfg.memory.capacity, scratch_dir=cfg.memory.scratch_dir)
     )

@@ -197,7 +197,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_state = RunCheckpoint(
         trainer,
         collector,
-        train_env if collector_steps(cfg, train_env) else None,  # else inexact
+        train_env if collector_steps(cfg) else None,  # else inexact
         run_dir / "checkpoints" / "last.pt",
         identity,
         memory=memory,

@@ -283,7 +283,7 @@ def make_collector(cfg: DictConfig, env, policy):
     return collector
 
 
-def collector_steps(cfg: DictConfig, env) -> bool:
+def collector_steps(cfg: DictConfig) -> bool:
     """Whether the collector steps the learner's ``env`` (exact resume restores it)."""
     col = cfg.collector
     return col.backend == "single" and col.envs_per_worker == 1

@@ -42,14 +42,15 @@ OLD_PRESETS = {
     "bp": ("gem", "tbp", True, False, "broadcast", "episodic", 2, True, True, 200, "bulk"),  # noqa: E501
     "bp_4critics": ("gem", "tbp", True, True, "broadcast", "episodic", 4, True, True, 200, "bulk"),  # noqa: E501
     "gem_paired": ("gem", "tbp", False, True, "paired", "episodic", 4, True, True, 200, "bulk"),  # noqa: E501
-    "td3_tbp": ("td3", "tbp", False, True, "broadcast", "episodic", 2, False, False, 100, "delayed"),  # noqa: E501
 }  # fmt: skip
 # The paper's other baselines (gem-algorithm.md s3.2), added after the table above.
 NEW_PRESETS = {
     "td3_sil": ("td3_sil", "td0", False, True, "broadcast", "episodic", 2, False, False, 100, "delayed"),  # noqa: E501
     "sac": ("sac", "td0", False, True, "broadcast", "replay", 2, False, False, 100, "delayed"),  # noqa: E501
     "ddpg": ("ddpg", "td0", False, True, "broadcast", "replay", 1, False, False, 100, "delayed"),  # noqa: E501
-    "sac_tbp": ("sac", "tbp", False, True, "broadcast", "episodic", 2, False, False, 100, "delayed"),  # noqa: E501
+    # GEM returns for TorchRL's losses: GEM's networks since the overestimation study
+    "td3_tbp": ("td3", "tbp", False, True, "broadcast", "episodic", 4, True, True, 100, "delayed"),  # noqa: E501
+    "sac_tbp": ("sac", "tbp", False, True, "broadcast", "episodic", 4, True, True, 100, "delayed"),  # noqa: E501
 }  # fmt: skip
 PRESETS = {**OLD_PRESETS, **NEW_PRESETS}
 ALGOS = tuple(PRESETS)
