@@ -93,7 +93,8 @@ def test_ensemble_forward_equals_each_critic(
         for _ in range(3)
     ]
     params = TensorDict.from_modules(*critics, as_module=False)
-    observation, action = torch.randn(*batch, 4), torch.randn(*batch, 2)
+    observation = torch.randn(*batch, 4)
+    action = torch.randn(*batch, 2, requires_grad=True)  # as in the actor loss
     values = critics[0].ensemble_forward(params, observation, action)
     assert values.shape == (3, *batch, 1)
     expected = []
@@ -102,8 +103,42 @@ def test_ensemble_forward_equals_each_critic(
             expected.append(critic(observation, action))
     torch.testing.assert_close(values, torch.stack(expected), rtol=1e-5, atol=1e-6)
     # gradients reach each critic's own parameters, as the separate calls give them
-    leaves = list(params.values(True, True))
+    leaves = [*params.values(True, True), action]
     batched = torch.autograd.grad(values.square().sum(), leaves)
     reference = torch.autograd.grad(torch.stack(expected).square().sum(), leaves)
     for got, want in zip(batched, reference, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_ensemble_linear_gradients_match_autograd_in_float64():
+    from torchrl_gem.networks import _EnsembleLinear
+
+    generator = torch.Generator().manual_seed(0)
+    hidden, weight, bias = (
+        torch.randn(*shape, dtype=torch.float64, generator=generator).requires_grad_()
+        for shape in ((3, 5, 4), (3, 6, 4), (3, 6))
+    )
+    assert torch.autograd.gradcheck(_EnsembleLinear.apply, (hidden, weight, bias))
+    # the first layer: one input shared by the K critics, expanded without a copy
+    shared = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: _EnsembleLinear.apply(x.expand(3, 5, 4), w, b),
+        (shared, weight, bias),
+    )
+
+
+def test_ensemble_gradients_stay_float32_under_bf16_autocast():
+    critic = GEMCritic(4, 2, hidden_sizes=(8, 6))
+    params = TensorDict.from_modules(critic, critic, as_module=False)
+    leaves = list(params.values(True, True))
+    observation, action = torch.randn(16, 4), torch.randn(16, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        values = critic.ensemble_forward(params, observation, action)
+    assert values.dtype == torch.bfloat16
+    grads = torch.autograd.grad(values.float().sum(), leaves)
+    assert all(grad.dtype == torch.float32 for grad in grads)
+    reference = torch.autograd.grad(
+        critic.ensemble_forward(params, observation, action).sum(), leaves
+    )
+    for got, want in zip(grads, reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=0.1, atol=0.05)
