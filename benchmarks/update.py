@@ -81,7 +81,12 @@ from torch import Tensor, nn  # noqa: E402
 from torchrl.data import Bounded  # noqa: E402
 from torchrl.objectives import SoftUpdate, TD3Loss, ValueEstimators  # noqa: E402
 
-from torchrl_gem import GEMLoss, make_gem_actor, make_gem_critics  # noqa: E402
+from torchrl_gem import (  # noqa: E402
+    GEMLoss,
+    make_gem_actor,
+    make_gem_critics,
+    networks,  # BaddbmmGEMUpdate swaps its linear layer
+)
 
 OBS_DIM, ACT_DIM, BATCH, POOL = 17, 6, 128, 64
 GAMMA, TAU, LR, ALPHA = 0.99, 0.005, 3e-4, 0.5
@@ -355,6 +360,26 @@ class GEMLossUpdate(Update):
         return self.loss.actor_loss(self.pool.tds[index])[0]
 
 
+class BaddbmmGEMUpdate(GEMLossUpdate):
+    """``GEMLoss`` with the critic ensemble's linear layers left to autograd's
+    ``baddbmm`` backward (the layout before ``networks._EnsembleLinear``: each weight
+    gradient comes out transposed and is copied into ``[out, in]``)."""
+
+    def __call__(self) -> None:
+        saved = networks._EnsembleLinear
+        networks._EnsembleLinear = _AutogradLinear
+        try:
+            super().__call__()
+        finally:
+            networks._EnsembleLinear = saved
+
+
+class _AutogradLinear:
+    @staticmethod
+    def apply(hidden: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        return torch.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
+
+
 class PlainGEMUpdate(Update):
     def __init__(self, sizes, pool, bf16, policy_noise=POLICY_NOISE) -> None:
         super().__init__(pool, bf16)
@@ -461,6 +486,7 @@ class Variant:
 VARIANTS = [
     Variant("GEMLoss", "gem", GEMLossUpdate, reference="plain GEM"),
     Variant("plain GEM", "gem", PlainGEMUpdate),
+    Variant("GEM baddbmm", "gem", BaddbmmGEMUpdate, reference="GEMLoss"),
     Variant("TD3Loss", "td3", TD3LossUpdate, reference="plain TD3"),
     Variant("plain TD3", "td3", PlainTD3Update),
 ]
@@ -562,7 +588,7 @@ def report(threads, precision, sizes_list, variants, rates, batch) -> None:
         f"= {limit:.1f} GFLOP/s (spread {_spread(limit_rates):.0f}%)"
     )
     header = (
-        f"{'variant':<10} {'sizes':>8} {'updates/s':>10} {'spread':>7} "
+        f"{'variant':<11} {'sizes':>8} {'updates/s':>10} {'spread':>7} "
         f"{'MFLOP/upd':>10} {'GFLOP/s':>8} {'% limit':>8} {'vs ref':>7}  reference"
     )
     print(header)
@@ -581,7 +607,7 @@ def report(threads, precision, sizes_list, variants, rates, batch) -> None:
                 )
                 ratio, ref_name = f"{ratio:.2f}", variant.reference
             row = (
-                f"{variant.name:<10} {'x'.join(map(str, sizes)):>8} {median:10.1f} "
+                f"{variant.name:<11} {'x'.join(map(str, sizes)):>8} {median:10.1f} "
                 f"{_spread(samples):6.0f}% {flops / 1e6:10.1f} {gflops:8.2f} "
                 f"{100 * gflops / limit:7.1f}% {ratio:>7}  {ref_name}"
             )
