@@ -65,19 +65,14 @@ from torchrl.trainers import LogTiming, ReplayBufferTrainer, Trainer, UpdateWeig
 
 from runs import (
     EVAL_SEED_OFFSET,
+    finished_summary,
     make_logger,
     read_resume,
     resolve_run_dir,
     run_identity,
+    run_main,
     seed_everything,
-    start_logs,
-    train_and_summarise,
-)
-from torchrl_gem.checkpoint import (
-    CheckpointError,
-    CheckpointHook,
-    RunCheckpoint,
-    StopSignal,
+    train_with_checkpoints,
 )
 from torchrl_gem.sil import MonteCarloReturn
 from torchrl_gem.trainer import (
@@ -107,14 +102,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     identity = run_identity(cfg, IDENTITY)
     resume_path, resumed = read_resume(cfg, identity)  # refused before any work
-    if resumed is not None and resumed["frames"] >= cfg.collector.total_frames:
-        print(f"{resume_path}: finished at {resumed['frames']} frames, nothing to do.")
-        return {
-            "status": "already finished",
-            "signal": None,
-            "frames": resumed["frames"],
-            "run_dir": resumed["run_dir"],
-        }
+    done = finished_summary(resume_path, resumed, cfg.collector.total_frames)
+    if done is not None:
+        return done
     seed_everything(cfg.seed, cfg.optim.num_threads or sweep_threads())
 
     # ---- the parts: environments, agent, memory, collector, optimisers, logger ----
@@ -194,35 +184,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     LogTiming(prefix="time", percall=False).register(trainer)  # 10. time split
     progress = ProgressBar(trainer, stats, evaluation, cfg.logger.progress_bar)
     trainer.register_op("post_steps_log", progress)  # 11. progress bar
-    run_state = RunCheckpoint(
-        trainer,
-        collector,
-        train_env if collector_steps(cfg) else None,  # else inexact
-        run_dir / "checkpoints" / "last.pt",
-        identity,
-        memory=memory,
-        extra={"run_dir": str(run_dir)},
-    )
-    stop_signal = StopSignal()
-    checkpointer = CheckpointHook(  # 12. checkpoint: periodic, final, on a signal
-        run_state.save,
-        interval=cfg.checkpoint.interval,
-        stop_after=cfg.checkpoint.stop_after,
-        stop_signal=stop_signal,
-    )
-    checkpointer.register(trainer)
-
-    if resumed is not None:
-        run_state.restore(resumed, resume_path)
-        print(f"Resumed {resume_path} at frame {trainer.collected_frames}.")
-    start_logs(cfg, run_dir, logger, resumed=resumed is not None)
-    return train_and_summarise(
+    return train_with_checkpoints(  # 12. checkpoint: periodic, final, on a signal
         cfg,
         trainer,
+        collector=collector,
+        env=train_env if collector_steps(cfg) else None,  # None: workers step it
+        memory=memory,
+        identity=identity,
+        resume=(resume_path, resumed),
         run_dir=run_dir,
+        logger=logger,
         evaluation=evaluation,
-        checkpointer=checkpointer,
-        stop_signal=stop_signal,
         progress=progress,
         wall_start=wall_start,
     )
@@ -230,12 +202,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=".", config_name="gem_mujoco")
 def main(cfg: DictConfig) -> None:
-    try:
-        summary = train(cfg)
-    except (ConfigError, CheckpointError) as err:
-        raise SystemExit(f"error: {err}") from None
-    if summary["signal"] is not None:
-        raise SystemExit(128 + summary["signal"])
+    run_main(train, cfg)
 
 
 if __name__ == "__main__":

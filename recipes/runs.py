@@ -16,12 +16,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from config import plain, resolve_checkpoint_path
+from config import ConfigError, plain, resolve_checkpoint_path
 from omegaconf import DictConfig, OmegaConf
 from torchrl import timeit
 from torchrl.record.loggers import get_logger
 
-from torchrl_gem.checkpoint import RunCheckpoint
+from torchrl_gem.checkpoint import (
+    CheckpointError,
+    CheckpointHook,
+    RunCheckpoint,
+    StopSignal,
+)
 
 EVAL_SEED_OFFSET = 10_000  # evaluation episodes use their own seed stream
 
@@ -65,6 +70,20 @@ def read_resume(cfg: DictConfig, identity: dict) -> tuple[Path | None, dict | No
         return None, None
     path = resolve_checkpoint_path(resume)
     return path, RunCheckpoint.read(path, identity)
+
+
+def finished_summary(path: Path | None, resumed: dict | None, total_frames: int):
+    """The summary of a run whose checkpoint already holds ``total_frames``, else
+    ``None`` (a re-launched sweep skips its finished runs)."""
+    if resumed is None or resumed["frames"] < total_frames:
+        return None
+    print(f"{path}: finished at {resumed['frames']} frames, nothing to do.")
+    return {
+        "status": "already finished",
+        "signal": None,
+        "frames": resumed["frames"],
+        "run_dir": resumed["run_dir"],
+    }
 
 
 def resolve_run_dir(cfg: DictConfig, resumed: dict | None) -> Path:
@@ -184,6 +203,71 @@ TIMERS = (  # summary label -> timeit key
     ("eval", "eval"),
     ("checkpoint", "checkpoint"),
 )
+
+
+def train_with_checkpoints(
+    cfg: DictConfig,
+    trainer,
+    *,
+    collector,
+    env,
+    memory,
+    identity: dict,
+    resume: tuple[Path | None, dict | None],
+    run_dir: Path,
+    logger,
+    evaluation,
+    progress,
+    wall_start: float,
+) -> dict[str, Any]:
+    """The last hook of a recipe's cycle, then the run: checkpoints (periodic, final,
+    on SIGINT/SIGTERM) of ``trainer``, ``collector``, ``env`` (``None`` where workers
+    step the environments: an inexact resume) and ``memory``; the resume of
+    ``resume = (path, payload)`` from :func:`read_resume`; the logs; the training
+    and its summary (:func:`train_and_summarise`)."""
+    run_state = RunCheckpoint(
+        trainer,
+        collector,
+        env,
+        run_dir / "checkpoints" / "last.pt",
+        identity,
+        memory=memory,
+        extra={"run_dir": str(run_dir)},
+    )
+    stop_signal = StopSignal()
+    checkpointer = CheckpointHook(
+        run_state.save,
+        interval=cfg.checkpoint.interval,
+        stop_after=cfg.checkpoint.stop_after,
+        stop_signal=stop_signal,
+    )
+    checkpointer.register(trainer)
+    resume_path, resumed = resume
+    if resumed is not None:
+        run_state.restore(resumed, resume_path)
+        print(f"Resumed {resume_path} at frame {trainer.collected_frames}.")
+    start_logs(cfg, run_dir, logger, resumed=resumed is not None)
+    return train_and_summarise(
+        cfg,
+        trainer,
+        run_dir=run_dir,
+        evaluation=evaluation,
+        checkpointer=checkpointer,
+        stop_signal=stop_signal,
+        progress=progress,
+        wall_start=wall_start,
+    )
+
+
+def run_main(train, cfg: DictConfig) -> None:
+    """A recipe's command line: ``train(cfg)``; a bad config or checkpoint exits
+    with its message, a run stopped by a signal with ``128 + signal``."""
+    try:
+        summary = train(cfg)
+    except (ConfigError, CheckpointError) as err:
+        raise SystemExit(f"error: {err}") from None
+    if summary["signal"] is not None:
+        raise SystemExit(128 + summary["signal"])
 
 
 def train_and_summarise(

@@ -110,3 +110,9 @@ def episode_bookkeeping(done):
 @pytest.fixture
 def generator():
     return torch.Generator().manual_seed(0)
+
+
+def merge_overrides(base: list[str], extra) -> list[str]:
+    """Hydra-style ``key=value`` overrides: ``extra`` replaces ``base``'s same keys."""
+    merged = {item.split("=", 1)[0]: item for item in [*base, *extra]}
+    return list(merged.values())

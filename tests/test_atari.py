@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import merge_overrides
 from tensordict import TensorDict
 
 pytest.importorskip("ale_py", reason="the atari extra (ale-py) is not installed")
@@ -330,8 +331,7 @@ def tiny(algo: str, run_dir: Path, *extra: str) -> list[str]:
         "checkpoint.interval=0",
         f"logger.run_dir={run_dir}",
     ]
-    merged = {item.split("=", 1)[0]: item for item in [*base, *extra]}
-    return list(merged.values())
+    return merge_overrides(base, extra)
 
 
 def run(overrides: list[str]) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import merge_overrides
 
 pytest.importorskip("mujoco")
 pytest.importorskip("hydra")
@@ -78,8 +79,7 @@ def tiny(algo: str, run_dir: Path, *extra: str) -> list[str]:
         "checkpoint.interval=0",
         f"logger.run_dir={run_dir}",
     ]
-    merged = {item.split("=", 1)[0]: item for item in [*base, *extra]}
-    return list(merged.values())
+    return merge_overrides(base, extra)
 
 
 def run(overrides: list[str]) -> dict:
