@@ -93,7 +93,16 @@ IDENTITY = (
     "collector.frames_per_batch",
     "memory.capacity",
     "memory.storage",
+    "collector.backend",
+    "collector.num_workers",
+    "collector.envs_per_worker",
 )
+# What checkpoints written before the collector's layout joined IDENTITY stand for.
+IDENTITY_DEFAULTS = {
+    "collector.backend": "single",
+    "collector.num_workers": 1,
+    "collector.envs_per_worker": 1,
+}
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -101,7 +110,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     wall_start = time.perf_counter()
     check_config(cfg)
     identity = run_identity(cfg, IDENTITY)
-    resume_path, resumed = read_resume(cfg, identity)  # refused before any work
+    resume_path, resumed = read_resume(cfg, identity, IDENTITY_DEFAULTS)  # or refused
     done = finished_summary(resume_path, resumed, cfg.collector.total_frames)
     if done is not None:
         return done

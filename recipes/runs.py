@@ -55,11 +55,14 @@ def run_identity(cfg: DictConfig, fields: tuple[str, ...]) -> dict[str, Any]:
     return identity
 
 
-def read_resume(cfg: DictConfig, identity: dict) -> tuple[Path | None, dict | None]:
+def read_resume(
+    cfg: DictConfig, identity: dict, defaults: dict | None = None
+) -> tuple[Path | None, dict | None]:
     """``(path, payload)`` of ``checkpoint.resume``, checked, or ``(None, None)``.
 
     ``auto`` takes ``logger.run_dir``'s own checkpoint when there is one, so that a
-    re-launched sweep continues each run where it stopped.
+    re-launched sweep continues each run where it stopped. ``defaults``: identity
+    values that older checkpoints, written before a key joined it, stand for.
     """
     resume = cfg.checkpoint.resume
     if resume == "auto":
@@ -69,7 +72,7 @@ def read_resume(cfg: DictConfig, identity: dict) -> tuple[Path | None, dict | No
     if resume is None:
         return None, None
     path = resolve_checkpoint_path(resume)
-    return path, RunCheckpoint.read(path, identity)
+    return path, RunCheckpoint.read(path, identity, defaults=defaults)
 
 
 def finished_summary(path: Path | None, resumed: dict | None, total_frames: int):

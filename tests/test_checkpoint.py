@@ -10,6 +10,7 @@ import torch
 
 from torchrl_gem.checkpoint import (
     CheckpointError,
+    RunCheckpoint,
     capture_env_state,
     read_checkpoint,
     restore_env_state,
@@ -68,3 +69,16 @@ def test_mujoco_state_continues_bit_for_bit():
     restore_env_state(other, state)
     again = other.step(td.clone().set("action", action))["next", "observation"]
     torch.testing.assert_close(again, after[0], rtol=0, atol=0)
+
+
+def test_identity_keys_added_later_take_their_defaults_in_older_files(tmp_path):
+    path = tmp_path / "last.pt"
+    old = {"identity": {"seed": 0}, "trainer": {}, "env": None, "carrier": None}
+    write_checkpoint(path, {**old, "rng": rng_state()})
+    now = {"seed": 0, "collector.backend": "single"}
+    with pytest.raises(CheckpointError, match="collector.backend: checkpoint has None"):
+        RunCheckpoint.read(path, now)
+    defaults = {"collector.backend": "single"}
+    assert RunCheckpoint.read(path, now, defaults=defaults)["identity"] == {"seed": 0}
+    with pytest.raises(CheckpointError, match="checkpoint has 'single', this run has"):
+        RunCheckpoint.read(path, {**now, "collector.backend": "ray"}, defaults=defaults)

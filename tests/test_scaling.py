@@ -26,7 +26,7 @@ import scaling  # noqa: E402
 from config import ConfigError  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 
-from torchrl_gem.checkpoint import read_checkpoint  # noqa: E402
+from torchrl_gem.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY_SKIP = 'collector.backend=ray needs the ray extra: pip install -e ".[ray]"'
@@ -177,6 +177,9 @@ def test_process_backend_two_workers_trains_and_resumes(tmp_path):
     )
     stopped = run(tiny(tmp_path, *extra, "checkpoint.stop_after=200"))
     assert stopped["frames"] == 200 and stopped["status"].startswith("stopped")
+    # the collector layout is part of the run's identity: another one is refused
+    with pytest.raises(CheckpointError, match="collector.backend: checkpoint has"):
+        run(tiny(tmp_path, "checkpoint.resume=auto"))
     with pytest.warns(UserWarning, match="new episode"):
         summary = run(tiny(tmp_path, *extra, "checkpoint.resume=auto"))
     payload, columns = stored(tmp_path)

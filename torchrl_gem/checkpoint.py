@@ -298,10 +298,14 @@ class RunCheckpoint:
         return self.path
 
     @classmethod
-    def read(cls, path: Path, identity: dict) -> dict:
-        """Read ``path``, refusing it when its identity differs from ``identity``."""
+    def read(cls, path: Path, identity: dict, *, defaults: dict | None = None) -> dict:
+        """Read ``path``, refusing it when its identity differs from ``identity``.
+
+        ``defaults``: the values of identity keys added after older checkpoints were
+        written, which those checkpoints stand for.
+        """
         payload = read_checkpoint(path, required=cls.KEYS)
-        saved = payload["identity"]
+        saved = {**(defaults or {}), **payload["identity"]}
         problems = [
             f"{key}: checkpoint has {saved.get(key)!r}, this run has {value!r}"
             for key, value in identity.items()
