@@ -18,6 +18,16 @@ OBS, ACT = 3, 2
 SPEC = Bounded(-1.0, 1.0, shape=(ACT,))
 
 
+@pytest.fixture
+def torchrl_log(monkeypatch, caplog):
+    """``caplog`` that also sees torchrl's logger (which does not propagate)."""
+    from torchrl._utils import logger
+
+    monkeypatch.setattr(logger, "propagate", True)
+    caplog.set_level("WARNING", logger=logger.name)
+    return caplog
+
+
 def tiny_actor():
     return make_gem_actor(OBS, SPEC, hidden_sizes=(8, 8))
 
