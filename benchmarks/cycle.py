@@ -16,8 +16,10 @@ evaluation, no plot, no progress bar.
 Variants (``--variants``, default all):
 
 - ``gem-fp32``, ``gem-bf16``, ``td3-fp32``, ``td3-bf16``: the current recipe,
-  ``algo=gem|td3`` and ``optim.precision``; TD3's plain replay buffer is preloaded
-  with the same episodes.
+  ``algo=gem|td3`` and ``optim.precision``, with its default ``optim.compile``
+  (GEM's loss calls and target pass compiled, TD3 eager); TD3's plain replay buffer
+  is preloaded with the same episodes.
+- ``gem-fp32-eager``, ``gem-bf16-eager``: the same with ``optim.compile=false``.
 - ``minimal-fp32``, ``minimal-bf16``: the ceiling for the plumbing, GEM in plain
   PyTorch in this file: a Gymnasium Hopper-v5 stepped directly by a torch actor (+
   Gaussian noise 0.1), a tensor ring buffer of 100k transitions with the same
@@ -99,11 +101,14 @@ class Variant:
     code: str  # "current" or "baseline": which checkout it imports
     algo: str
     precision: str
+    compile: bool | None = None  # optim.compile; None: the recipe's default
 
 
 VARIANTS = (
     Variant("gem-fp32", "recipe", "current", "gem", "fp32"),
     Variant("gem-bf16", "recipe", "current", "gem", "bf16"),
+    Variant("gem-fp32-eager", "recipe", "current", "gem", "fp32", compile=False),
+    Variant("gem-bf16-eager", "recipe", "current", "gem", "bf16", compile=False),
     Variant("td3-fp32", "recipe", "current", "td3", "fp32"),
     Variant("td3-bf16", "recipe", "current", "td3", "bf16"),
     Variant("minimal-fp32", "minimal", "current", "gem", "fp32"),
@@ -120,6 +125,9 @@ RATIOS = (
     ("gem-bf16", "base-gem-fp32", 1.8),
     ("td3-fp32", "base-td3-fp32", None),
     ("td3-bf16", "base-td3-fp32", None),
+    ("gem-fp32", "gem-fp32-eager", None),
+    ("gem-bf16", "gem-bf16-eager", None),
+    ("gem-fp32-eager", "minimal-fp32", None),
     ("gem-bf16", "gem-fp32", None),
     ("minimal-bf16", "minimal-fp32", None),
 )
@@ -251,6 +259,8 @@ def recipe_worker(variant: Variant, args: argparse.Namespace, channel: Channel):
     ]
     if variant.code == "current":
         overrides.append(f"optim.precision={variant.precision}")
+        if variant.compile is not None:
+            overrides.append(f"optim.compile={str(variant.compile).lower()}")
     cfg = gem_mujoco.load_config(overrides)
     precision = "fp32"
     if variant.code == "current":

@@ -14,10 +14,11 @@ Builds a memory of 100 episodes x 1000 steps (HalfCheetah-sized: 17-d observatio
 5. the refresh's NaN/inf guards (rewards and bootstrap values, as the estimator
    and the scan check them) and their share of the refresh;
 6. the refresh at each ``--sizes`` (default 100k and 1M stored transitions) in fp32
-   and bf16 autocast: time, states/s, achieved GFLOP/s of the target networks (2
+   and bf16 autocast, eager and compiled (``compile=True``, as the recipe's
+   default for GEM): time, states/s, achieved GFLOP/s of the target networks (2
    FLOPs per weight per state, counted from the networks) next to the limit, a
    [4096 x 406] @ [406 x 300] matmul at the same precision and threads, and the
-   bf16 / fp32 speed-up.
+   speed-up over fp32 eager.
 
 Run: ``python benchmarks/refresh.py`` (``--episodes`` and ``--steps`` resize parts
 1-5, ``--sizes`` part 6; ``--threads`` sets torch's threads).
@@ -243,25 +244,29 @@ def main() -> None:
         f"{limits['fp32']:.0f} GFLOP/s, bf16 {limits['bf16']:.0f} GFLOP/s"
     )
     print(
-        f"{'stored':>9} {'precision':>9} {'time (s)':>9} {'states/s':>9} "
-        f"{'GFLOP/s':>8} {'% limit':>8} {'bf16/fp32':>9}"
+        f"{'stored':>9} {'precision':>9} {'compiled':>8} {'time (s)':>9} "
+        f"{'states/s':>9} {'GFLOP/s':>8} {'% limit':>8} {'speed-up':>8}"
     )
     for size in args.sizes:
         scaled = build_memory(size // steps, steps, generator)
         times = {}
         for mode in ("fp32", "bf16"):
-            estimator = TwinBackPropEstimator.for_loss(
-                loss, gamma=GAMMA, precision=mode
-            )
-            times[mode], _ = timed(
-                lambda e=estimator, m=scaled: m.refresh(e), max(1, args.repeat // 2)
-            )
-            rate = flops_per_state * size / times[mode] / 1e9
-            speedup = f"{times['fp32'] / times[mode]:9.2f}" if mode == "bf16" else ""
-            print(
-                f"{size:>9} {mode:>9} {times[mode]:>9.2f} {size / times[mode]:>9.0f} "
-                f"{rate:>8.1f} {100 * rate / limits[mode]:>7.0f}% {speedup}"
-            )
+            for compiled in (False, True):
+                estimator = TwinBackPropEstimator.for_loss(
+                    loss, gamma=GAMMA, precision=mode, compile=compiled
+                )
+                seconds, _ = timed(  # the untimed first call compiles
+                    lambda e=estimator, m=scaled: m.refresh(e),
+                    max(1, args.repeat // 2),
+                )
+                times[mode, compiled] = seconds
+                rate = flops_per_state * size / seconds / 1e9
+                print(
+                    f"{size:>9} {mode:>9} {'yes' if compiled else 'no':>8} "
+                    f"{seconds:>9.2f} {size / seconds:>9.0f} {rate:>8.1f} "
+                    f"{100 * rate / limits[mode]:>7.0f}% "
+                    f"{times['fp32', False] / seconds:>8.2f}"
+                )
         del scaled  # free it before building the next size
 
 

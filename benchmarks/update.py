@@ -82,6 +82,7 @@ from torchrl.data import Bounded  # noqa: E402
 from torchrl.objectives import SoftUpdate, TD3Loss, ValueEstimators  # noqa: E402
 
 from torchrl_gem import (  # noqa: E402
+    CompiledCall,
     GEMLoss,
     make_gem_actor,
     make_gem_critics,
@@ -469,6 +470,25 @@ class PlainTD3Update(Update):
             torch._foreach_lerp_(self.targets, self.online, TAU)
 
 
+def compiled(update_class: type[Update]) -> type[Update]:
+    """``update_class`` with its two loss calls through ``torch.compile``, as the
+    recipe's ``optim.compile=true`` makes them (``torchrl_gem.CompiledCall``)."""
+
+    class CompiledUpdate(update_class):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.value_call = CompiledCall(self.loss.value_loss)
+            self.actor_call = CompiledCall(self.loss.actor_loss)
+
+        def critic_loss(self, index: int) -> Tensor:
+            return self.value_call(self.pool.tds[index])[0]
+
+        def actor_loss(self, index: int) -> Tensor:
+            return self.actor_call(self.pool.tds[index])[0]
+
+    return CompiledUpdate
+
+
 @dataclass
 class Variant:
     """A timed update: ``build(sizes, pool, bf16, policy_noise=...)`` -> Update.
@@ -485,9 +505,11 @@ class Variant:
 
 VARIANTS = [
     Variant("GEMLoss", "gem", GEMLossUpdate, reference="plain GEM"),
+    Variant("GEMLoss comp", "gem", compiled(GEMLossUpdate), reference="plain GEM"),
     Variant("plain GEM", "gem", PlainGEMUpdate),
     Variant("GEM baddbmm", "gem", BaddbmmGEMUpdate, reference="GEMLoss"),
     Variant("TD3Loss", "td3", TD3LossUpdate, reference="plain TD3"),
+    Variant("TD3Loss comp", "td3", compiled(TD3LossUpdate), reference="plain TD3"),
     Variant("plain TD3", "td3", PlainTD3Update),
 ]
 

@@ -333,6 +333,10 @@ class OptimConfig:
     # network passes (gradient steps, refresh) in bf16 autocast, fp32 master weights;
     # falls back to fp32 (logged) where bf16 is not fast
     precision: Precision = Precision.fp32
+    # torch.compile the gradient steps' loss calls and the refresh's target pass
+    # (~30 s to compile; eager where it fails); null = on for algo.loss=gem, where
+    # it measured faster, off for TorchRL's losses (TD3Loss measured slower)
+    compile: bool | None = None
 
 
 @dataclass

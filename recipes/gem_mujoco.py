@@ -47,6 +47,7 @@ import torch
 from builders import (
     STEP_METHODS,
     action_half_range,
+    compile_enabled,
     critic_groups,
     make_agent,
     make_collector,
@@ -150,6 +151,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             actor_method=actor_method,
             precision=network_precision(cfg),  # bf16 autocast, or fp32
             device=device,
+            compile=compile_enabled(cfg),  # torch.compile the two loss calls
         ),
         logger=logger,
         progress_bar=False,  # ProgressBar below: resumes at its frame, shows eval

@@ -34,7 +34,7 @@ from torchrl.envs import Transform  # noqa: E402
 from torchrl.envs.utils import ExplorationType, set_exploration_type  # noqa: E402
 from torchrl.objectives import DDPGLoss, SACLoss, TD3Loss  # noqa: E402
 
-from torchrl_gem import GEMLoss  # noqa: E402
+from torchrl_gem import GEMLoss, compiling  # noqa: E402
 from torchrl_gem.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from torchrl_gem.trainer import EvaluationHook  # noqa: E402
 
@@ -70,6 +70,7 @@ def tiny(algo: str, run_dir: Path, *extra: str) -> list[str]:
         "optim.batch_size=16",
         "sil.batch_size=16",
         "optim.num_threads=1",
+        "optim.compile=false",  # compiled steps: test_compiled_gem_run_trains
         "memory.capacity=1000",
         "logger.eval_interval=200",
         "logger.eval_episodes=2",
@@ -126,6 +127,31 @@ def test_smoke_run_logs_evaluations(algo, tmp_path):
         assert (tmp_path / "logs" / "scalars" / "sil" / "loss.csv").is_file()
         payload = read_checkpoint(tmp_path / "checkpoints" / "last.pt")
         assert payload["trainer"]["self_imitation"]["num_steps"] == 3 * 4
+
+
+def test_compiled_gem_run_trains(tmp_path, monkeypatch, torchrl_log):
+    compiled = []
+
+    def counting_compile(function, **kwargs):
+        compiled.append(function.__name__)
+        return real_compile(function, **kwargs)
+
+    real_compile = compiling.torch.compile
+    monkeypatch.setattr(compiling.torch, "compile", counting_compile)
+    summary = run(tiny("gem", tmp_path, "optim.compile=null"))  # null: on for gem
+    assert summary["status"] == "finished" and summary["frames"] == 400
+    assert sorted(compiled) == ["_chunk_value", "actor_loss", "value_loss"]
+    assert not [r for r in torchrl_log.records if "torch.compile" in r.message]
+
+
+@pytest.mark.parametrize(
+    "algo, setting, expected",
+    [("gem", "null", True), ("bp", "null", True), ("td3", "null", False),
+     ("sac", "null", False), ("td3", "true", True), ("gem", "false", False)],
+)  # fmt: skip
+def test_compile_defaults_to_gem_losses(tmp_path, algo, setting, expected):
+    cfg = recipe.load_config(tiny(algo, tmp_path, f"optim.compile={setting}"))
+    assert builders.compile_enabled(cfg) is expected
 
 
 def test_smoke_covers_every_preset():

@@ -44,6 +44,7 @@ def tiny(run_dir: Path, *extra: str) -> list[str]:
         "algo.updates_per_batch=4",
         "optim.batch_size=16",
         "optim.num_threads=1",
+        "optim.compile=false",
         "memory.capacity=1000",
         "logger.eval_interval=200",
         "logger.eval_episodes=1",

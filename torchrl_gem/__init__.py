@@ -19,6 +19,7 @@ The pieces, each usable alone:
 
 from __future__ import annotations
 
+from torchrl_gem.compiling import CompiledCall
 from torchrl_gem.dqn import (
     GEMDQNLoss,
     NatureQNet,
@@ -36,6 +37,7 @@ from torchrl_gem.sil import MonteCarloReturn, SelfImitationLoss
 from torchrl_gem.transforms import TwinBackPropTransform
 
 __all__ = [
+    "CompiledCall",
     "EpisodicMemory",
     "FrameEpisodicMemory",
     "GEMCritic",

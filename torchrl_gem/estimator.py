@@ -16,6 +16,7 @@ from torchrl.objectives.utils import register_value_estimator
 from torchrl.objectives.value import ValueEstimatorBase
 
 from torchrl_gem._ensemble import call_ensemble
+from torchrl_gem.compiling import CompiledCall
 from torchrl_gem.functional import (
     Floor,
     check_finite,
@@ -121,6 +122,11 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             under bf16 autocast (:mod:`torchrl_gem.precision`); their values are cast
             back to float32 before the scan. Pass a resolved value
             (:func:`torchrl_gem.precision.resolve`).
+        compile (bool): run the target networks through ``torch.compile``
+            (:class:`~torchrl_gem.CompiledCall`: eager if compilation fails). Every
+            chunk is padded to ``value_chunk_size`` states, so one compiled graph
+            serves every refresh. Needs a ``value_chunk_size``. Defaults to
+            ``False``.
         device (torch.device, optional): unused, accepted for TorchRL compatibility.
 
     Examples:
@@ -206,6 +212,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         value_chunk_size: int | None = 2048,
         deactivate_vmap: bool | None = None,
         precision: Precision = "fp32",
+        compile: bool = False,
         device: torch.device | None = None,
     ) -> None:
         super().__init__(
@@ -232,6 +239,11 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             raise ValueError(
                 f"target_reduction must be 'min' or 'mean', got {target_reduction!r}."
             )
+        if compile and not value_chunk_size:
+            raise ValueError(
+                "compile=True needs a value_chunk_size: the compiled target pass "
+                "runs on chunks of that fixed size."
+            )
         self.gamma = float(gamma)
         self.twin_groups = tuple(tuple(int(i) for i in group) for group in twin_groups)
         self.single_estimator = single_estimator
@@ -244,6 +256,8 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         self.floor = floor
         self.target_reduction = target_reduction
         self.precision = precision
+        self.compile = compile
+        self._compiled_chunk_value: CompiledCall | None = None
         # Held by reference, not registered: they belong to the loss that owns them.
         self.__dict__["qvalue_network"] = qvalue_network
         self.__dict__["qvalue_params"] = qvalue_params
@@ -472,7 +486,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         )
         first = next(iter(self.qvalue_params.values(True, True)))
         with autocast(self.precision, first.device):
-            values = torch.cat([self._chunk_value(chunk) for chunk in chunks])
+            values = torch.cat([self._chunk_call(chunk) for chunk in chunks])
         values = values.to(first.dtype)  # the scan stays in the parameters' dtype
         if not torch.isfinite(values).all():  # diverged target networks
             bad = (~torch.isfinite(values)).nonzero()[0].tolist()
@@ -483,6 +497,18 @@ class TwinBackPropEstimator(ValueEstimatorBase):
                 f"{tuple(next_tensordict.batch_size)}): the critics have diverged."
             )
         return values.reshape(*next_tensordict.batch_size, 2)
+
+    def _chunk_call(self, states: TensorDictBase) -> Tensor:
+        if not self.compile:
+            return self._chunk_value(states)
+        if self._compiled_chunk_value is None:
+            self._compiled_chunk_value = CompiledCall(
+                self._chunk_value, name="TwinBackPropEstimator's target pass"
+            )
+        num_states, missing = len(states), self.value_chunk_size - len(states)
+        if missing:  # one static shape: pad with copies of the first state
+            states = torch.cat([states, states[:1].expand(missing)])
+        return self._compiled_chunk_value(states)[:num_states]
 
     def _use_vmap(self) -> bool:
         if self.deactivate_vmap is None:

@@ -37,6 +37,7 @@ from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 from torchrl.objectives.utils import TargetNetUpdater
 from torchrl.trainers import OptimizationStepper, Trainer, TrainerHookBase
 
+from torchrl_gem.compiling import CompiledCall
 from torchrl_gem.precision import Precision, autocast
 
 __all__ = [
@@ -324,6 +325,9 @@ class DelayedActorStepper(OptimizationStepper):
             and optimiser states stay fp32. Pass a resolved value
             (:func:`torchrl_gem.precision.resolve`).
         device (torch.device): the device the losses run on, for autocast.
+        compile (bool): call both loss methods through ``torch.compile``
+            (:class:`~torchrl_gem.compiling.CompiledCall`: compiled on the first
+            step, eager if the compiler fails). Defaults to ``False``.
 
     Examples:
         >>> import torch
@@ -360,6 +364,7 @@ class DelayedActorStepper(OptimizationStepper):
         actor_method: str = "actor_loss",
         precision: Precision = "fp32",
         device: torch.device | str = "cpu",
+        compile: bool = False,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}.")
@@ -372,6 +377,8 @@ class DelayedActorStepper(OptimizationStepper):
         self.critic_method = critic_method
         self.actor_method = actor_method
         self.precision, self.device = precision, device
+        self.compile = compile
+        self._compiled: dict[str, CompiledCall] = {}
         self.num_steps = 0
         self.num_actor_steps = 0
         self._last_actor_loss = torch.full((), float("nan"))
@@ -379,17 +386,13 @@ class DelayedActorStepper(OptimizationStepper):
     def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
         with timeit("update"):
             with autocast(self.precision, self.device):
-                critic_loss, _ = trainer.compute_loss(
-                    sub_batch, method=self.critic_method
-                )
+                critic_loss, _ = self._loss(trainer, sub_batch, self.critic_method)
             self.critic_optimizer.zero_grad(set_to_none=True)
             critic_loss.backward()
             self.critic_optimizer.step()
             if self.num_steps % self.policy_delay == 0:
                 with autocast(self.precision, self.device):
-                    actor_loss, _ = trainer.compute_loss(
-                        sub_batch, method=self.actor_method
-                    )
+                    actor_loss, _ = self._loss(trainer, sub_batch, self.actor_method)
                 self.actor_optimizer.zero_grad(set_to_none=True)
                 actor_loss.backward()
                 self.actor_optimizer.step()
@@ -401,6 +404,18 @@ class DelayedActorStepper(OptimizationStepper):
             return TensorDict(
                 loss_qvalue=critic_loss.detach(), loss_actor=self._last_actor_loss
             )
+
+    def _loss(self, trainer: Trainer, batch: TensorDictBase, method: str):
+        if not self.compile:
+            return trainer.compute_loss(batch, method=method)
+        call = self._compiled.get(method)
+        if call is None:
+            loss = trainer.loss_module
+            call = CompiledCall(
+                getattr(loss, method), name=f"{type(loss).__name__}.{method}"
+            )
+            self._compiled[method] = call
+        return call(batch)
 
     def state_dict(self) -> dict[str, Any]:
         return {

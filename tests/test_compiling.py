@@ -1,0 +1,98 @@
+"""torch.compile of the loss calls: same numbers as eager, eager when it fails."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_loss, trajectory_batch
+from torch._dynamo.exc import BackendCompilerFailed
+
+from torchrl_gem import TwinBackPropEstimator, compiling
+from torchrl_gem.compiling import CompiledCall
+from torchrl_gem.trainer import DelayedActorStepper
+
+
+class Host:
+    """The part of a Trainer that DelayedActorStepper uses."""
+
+    def __init__(self, loss):
+        self.loss_module = loss
+
+    def compute_loss(self, batch, method):
+        return getattr(self.loss_module, method)(batch)
+
+
+def _stepper(loss, compile):
+    return DelayedActorStepper(
+        torch.optim.Adam(loss.actor_network_params.values(True, True), lr=1e-2),
+        torch.optim.Adam(loss.qvalue_network_params.values(True, True), lr=1e-2),
+        compile=compile,
+    )
+
+
+def test_compiled_steps_equal_eager_steps():
+    batches = [
+        trajectory_batch(32, generator=torch.Generator().manual_seed(i))
+        for i in range(4)
+    ]
+    for batch in batches:
+        batch["memory_return"] = torch.randn(32, 2)
+    losses, params = {}, {}
+    for compile in (False, True):
+        torch.manual_seed(0)
+        loss = tiny_loss()
+        host, stepper = Host(loss), _stepper(loss, compile)
+        losses[compile] = [stepper.step(host, batch) for batch in batches]
+        params[compile] = loss.state_dict()
+    assert all(call.compiled for call in stepper._compiled.values())
+    assert sorted(stepper._compiled) == ["actor_loss", "value_loss"]
+    for eager, compiled in zip(losses[False], losses[True], strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    for name, value in params[False].items():
+        torch.testing.assert_close(params[True][name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_errors_of_the_function_propagate():
+    loss = tiny_loss()
+    batch = trajectory_batch(8)  # no memory_return
+    with pytest.raises(KeyError, match="memory_return"):
+        CompiledCall(loss.value_loss)(batch)
+
+
+def test_a_failing_compiler_falls_back_to_eager(monkeypatch, torchrl_log):
+    def broken_compile(function, **kwargs):
+        def fail(*args):
+            raise BackendCompilerFailed("inductor", OSError("no C++ compiler"), None)
+
+        return fail
+
+    monkeypatch.setattr(compiling.torch, "compile", broken_compile)
+    double = CompiledCall(lambda x: 2 * x, name="double")
+    assert double(torch.ones(2)).tolist() == [2.0, 2.0]
+    assert not double.compiled
+    assert double(torch.ones(1)).tolist() == [2.0]
+    (record,) = torchrl_log.records
+    assert "torch.compile of double failed" in record.message
+    assert "no C++ compiler" in record.message
+
+
+def test_compiled_target_pass_equals_eager_on_padded_chunks():
+    torch.manual_seed(0)
+    loss = tiny_loss(policy_noise=0.0)  # no noise: both passes are deterministic
+    batch = trajectory_batch(3, 17, generator=torch.Generator().manual_seed(1))
+    returns = {}
+    for compile in (False, True):
+        # 51 states in chunks of 16: the last chunk of 3 is padded to 16
+        estimator = TwinBackPropEstimator.for_loss(
+            loss, gamma=0.9, value_chunk_size=16, compile=compile
+        )
+        returns[compile] = estimator(batch.clone())["memory_return"]
+    assert estimator._compiled_chunk_value.compiled
+    torch.testing.assert_close(returns[True], returns[False], rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_target_pass_needs_a_chunk_size():
+    with pytest.raises(ValueError, match="compile=True needs a value_chunk_size"):
+        TwinBackPropEstimator.for_loss(
+            tiny_loss(), gamma=0.9, value_chunk_size=None, compile=True
+        )
