@@ -121,6 +121,7 @@ OLD_SECTIONS = {
         "noise_clip": 0.5,
         "num_threads": None,
         "precision": "fp32",
+        "compile": None,
     },
     "network": {"hidden_sizes": [400, 300], "init": "glorot", "device": "cpu"},
     "gem": {
