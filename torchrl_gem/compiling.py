@@ -9,6 +9,7 @@ runs the function eagerly from then on, so a run never stops for it.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -19,11 +20,20 @@ from torchrl._utils import logger as torchrl_logger
 
 __all__ = ["CompiledCall"]
 
-# tensordict's notes while it is traced, not problems of the caller's code
+# notes of tensordict and torch while they are traced, not problems of the caller's
 _TRACE_NOTES = (
     r"torch\._dynamo\.config\.inline_inbuilt_nn_modules is deprecated",
     r"Using lock_\(\) inside a compiled graph",
+    r"`torch\.jit\.script_method` is deprecated",
 )
+
+
+@contextlib.contextmanager
+def _quiet_tracing():
+    with warnings.catch_warnings():
+        for note in _TRACE_NOTES:
+            warnings.filterwarnings("ignore", message=note)
+        yield
 
 
 class CompiledCall:
@@ -62,7 +72,8 @@ class CompiledCall:
     ) -> None:
         self.function = function
         self.name = name or getattr(function, "__qualname__", repr(function))
-        self._compiled = torch.compile(function, dynamic=False, mode=mode)
+        with _quiet_tracing():
+            self._compiled = torch.compile(function, dynamic=False, mode=mode)
 
     @property
     def compiled(self) -> bool:
@@ -73,9 +84,7 @@ class CompiledCall:
         if self._compiled is None:
             return self.function(*args, **kwargs)
         try:
-            with warnings.catch_warnings():
-                for note in _TRACE_NOTES:
-                    warnings.filterwarnings("ignore", message=note)
+            with _quiet_tracing():
                 return self._compiled(*args, **kwargs)
         except TorchDynamoException as error:
             if isinstance(error, BackendCompilerFailed):
