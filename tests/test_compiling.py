@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_loss, trajectory_batch
+from conftest import needs_cpp_compiler, tiny_loss, trajectory_batch
 from torch._dynamo.exc import BackendCompilerFailed
 
 from torchrl_gem import TwinBackPropEstimator, compiling
@@ -30,6 +30,7 @@ def _stepper(loss, compile):
     )
 
 
+@needs_cpp_compiler
 def test_compiled_steps_equal_eager_steps():
     batches = [
         trajectory_batch(32, generator=torch.Generator().manual_seed(i))
@@ -76,6 +77,7 @@ def test_a_failing_compiler_falls_back_to_eager(monkeypatch, torchrl_log):
     assert "no C++ compiler" in record.message
 
 
+@needs_cpp_compiler
 def test_compiled_target_pass_equals_eager_on_padded_chunks():
     torch.manual_seed(0)
     loss = tiny_loss(policy_noise=0.0)  # no noise: both passes are deterministic

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import merge_overrides
+from conftest import merge_overrides, needs_cpp_compiler
 
 pytest.importorskip("mujoco")
 pytest.importorskip("hydra")
@@ -129,6 +129,7 @@ def test_smoke_run_logs_evaluations(algo, tmp_path):
         assert payload["trainer"]["self_imitation"]["num_steps"] == 3 * 4
 
 
+@needs_cpp_compiler
 def test_compiled_gem_run_trains(tmp_path, monkeypatch, torchrl_log):
     compiled = []
 
