@@ -1,13 +1,16 @@
 """Learning curves of gem_mujoco.py runs: evaluation return against environment frames.
 
     python recipes/plot.py RUN_DIR [RUN_DIR ...] --out curves.png
+    python recipes/plot.py fp32=runs/Hopper-v5/gem bf16=bf16/Hopper-v5/gem  # labels
 
 Each RUN_DIR is a run directory (it holds ``run_info.json``, written by the recipe) or
-any folder above run directories (``runs/`` or ``runs/Hopper-v5``). Runs are grouped by
-task and algorithm; the figure has one panel per task and one line per algorithm,
-the mean over seeds with a +-std band (population std, as the paper's plots). A
-markdown table of the final returns, the mean of the last five evaluations and the
-best (each mean +- std over seeds) is printed.
+any folder above run directories (``runs/`` or ``runs/Hopper-v5``); ``LABEL=RUN_DIR``
+names the runs found there ``LABEL`` instead of their algorithm (to compare variants
+of one algorithm). Runs are grouped by task and algorithm (or label); the figure has
+one panel per task and one line per algorithm, the mean over seeds with a +-std band
+(population std, as the paper's plots). A markdown table of the final returns, the
+mean of the last five evaluations and the best (each mean +- std over seeds) is
+printed.
 
 Where the runs logged the overestimation diagnostic (``eval/q_estimate``,
 ``eval/mc_return``, ``eval/q_bias``: the critics' mean estimate on the states of the
@@ -43,6 +46,17 @@ def find_runs(paths) -> list[Path]:
     return sorted(dict.fromkeys(run.resolve() for run in runs))
 
 
+def labelled_runs(arguments) -> dict[Path, str | None]:
+    """``{run: label}`` for ``RUN_DIR`` (label ``None``) and ``LABEL=RUN_DIR``."""
+    labels: dict[Path, str | None] = {}
+    for argument in arguments:
+        label, path = None, argument
+        if isinstance(argument, str) and "=" in argument and not Path(path).exists():
+            label, path = argument.split("=", 1)
+        labels.update(dict.fromkeys(find_runs([path]), label))
+    return labels
+
+
 def read_scalar(run: Path, name: str = METRIC) -> list[tuple[int, float]]:
     """``(frame, value)`` pairs of a TorchRL CSV-logged scalar, one per frame.
 
@@ -58,14 +72,19 @@ def read_scalar(run: Path, name: str = METRIC) -> list[tuple[int, float]]:
     return sorted(values.items())
 
 
-def collect(runs: list[Path], metric: str = METRIC) -> dict[tuple[str, str], list]:
-    """``{(task, algo): [curve, ...]}``, one ``[(frame, value), ...]`` per run."""
+def collect(runs, metric: str = METRIC) -> dict[tuple[str, str], list]:
+    """``{(task, algo): [curve, ...]}``, one ``[(frame, value), ...]`` per run.
+
+    ``runs`` is a list of run directories, or :func:`labelled_runs`' mapping, whose
+    labels replace the algorithm where given.
+    """
+    labels = runs if isinstance(runs, dict) else dict.fromkeys(runs)
     groups: dict[tuple[str, str], list] = defaultdict(list)
-    for run in runs:
+    for run, label in labels.items():
         info = json.loads((run / "run_info.json").read_text())
         curve = read_scalar(run, metric)
         if curve:
-            groups[(info["env"], info["algo"])].append(curve)
+            groups[(info["env"], label or info["algo"])].append(curve)
     return dict(sorted(groups.items()))
 
 
@@ -200,8 +219,9 @@ def plot_groups(
 
 
 def plot_runs(paths, out, *, metric: str = METRIC, quiet: bool = False) -> str:
-    """Find the runs under ``paths``, write the figure to ``out``, return the table."""
-    runs = find_runs(paths)
+    """Find the runs under ``paths`` (``LABEL=PATH`` allowed), write the figure to
+    ``out``, return the table."""
+    runs = labelled_runs(paths)
     groups = collect(runs, metric)
     if not groups:
         raise SystemExit(f"no {metric!r} logs found under {[str(p) for p in paths]}")
@@ -224,7 +244,11 @@ def plot_runs(paths, out, *, metric: str = METRIC, quiet: bool = False) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="run directories or folders above them")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        help="run directories or folders above them; LABEL=DIR labels its runs",
+    )
     parser.add_argument("--out", default="curves.png", help="PNG file to write")
     parser.add_argument("--metric", default=METRIC, help="CSV scalar to plot")
     args = parser.parse_args(argv)

@@ -517,6 +517,19 @@ def test_plot_command_writes_curves_and_table(tmp_path, capsys):
     assert (frames, mean, std) == ([0, 10, 20], [2.0, 6.0, 8.0], [0.0, 0.0, 0.0])
 
 
+def test_plot_labels_name_variants_of_one_algorithm(tmp_path, capsys):
+    for folder, final in (("fp32", 10.0), ("bf16", 30.0)):
+        _fake_run(tmp_path / folder, "Hopper-v5", "gem", 0, [(0, 1.0), (20, final)])
+    out = tmp_path / "curves.png"
+    plot.main(
+        [f"fp32={tmp_path / 'fp32'}", f"bf16={tmp_path / 'bf16'}", "--out", str(out)]
+    )
+    table = capsys.readouterr().out
+    assert "| Hopper-v5 | fp32 | 1 | 20 | 10.0 ± 0.0 |" in table
+    assert "| Hopper-v5 | bf16 | 1 | 20 | 30.0 ± 0.0 |" in table
+    assert "| gem |" not in table
+
+
 def test_plot_draws_the_overestimation_rows(tmp_path, capsys):
     runs = tmp_path / "runs"
     for seed, bias in ((0, 2.0), (1, 4.0)):
