@@ -330,9 +330,9 @@ class OptimConfig:
     # torch CPU threads for updates and refreshes; null = all cores of this process
     # (in a joblib sweep: cores // hydra.launcher.n_jobs)
     num_threads: int | None = positive(None)
-    # network passes (gradient steps, refresh) in bf16 autocast, fp32 master weights;
-    # falls back to fp32 (logged) where bf16 is not fast
-    precision: Precision = Precision.fp32
+    # network passes (gradient steps, refresh) in bf16 autocast, fp32 master weights
+    # (learning parity: docs/results/README.md); fp32 (logged) where bf16 is not fast
+    precision: Precision = Precision.bf16
     # torch.compile the gradient steps' loss calls and the refresh's target pass
     # (~30 s to compile; eager where it fails); null = on for algo.loss=gem, where
     # it measured faster, off for TorchRL's losses (TD3Loss measured slower)

@@ -120,7 +120,7 @@ OLD_SECTIONS = {
         "policy_noise": 0.2,
         "noise_clip": 0.5,
         "num_threads": None,
-        "precision": "fp32",
+        "precision": "bf16",  # the default since the learning-parity check
         "compile": None,
     },
     "network": {"hidden_sizes": [400, 300], "init": "glorot", "device": "cpu"},

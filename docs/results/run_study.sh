@@ -5,9 +5,10 @@
 # (checkpoint.resume=auto). Run from the repository root; any extra arguments
 # (e.g. hydra.launcher.n_jobs=8) are appended to every sweep.
 set -euo pipefail
-budget=(
+budget=(  # fp32 throughout: the study began before bf16 became the default
   collector.total_frames=100000 collector.init_random_frames=10000
   logger.eval_interval=5000 logger.eval_episodes=10 optim.num_threads=1
+  optim.precision=fp32
   checkpoint.interval=10000 checkpoint.resume=auto logger.progress_bar=false
   hydra/launcher=joblib hydra.launcher.n_jobs=2
 )
