@@ -20,6 +20,10 @@ extend: append a ``Variant``):
    stepped after each actor step.
 4. ``plain TD3`` (the reference): the same math in plain PyTorch, batched 2-critic
    matmuls, the actor step through critic 0 only, ``torch._foreach_lerp_`` targets.
+5. ``GEMLoss comp``, ``TD3Loss comp``: 1 and 3 with both loss calls through
+   ``torch.compile`` (``torchrl_gem.CompiledCall``, as the recipe's
+   ``optim.compile``), compiled during the warm-up updates; checked against the
+   same references.
 
 Settings: torch threads (``torch.set_num_threads``) and precision: ``fp32``, or
 ``bf16`` = ``torch.autocast("cpu", dtype=torch.bfloat16)`` around the forward and loss
