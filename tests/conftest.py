@@ -37,6 +37,16 @@ def torchrl_log(monkeypatch, caplog):
     return caplog
 
 
+class LossHost:
+    """What :class:`~torchrl_gem.trainer.DelayedActorStepper` uses of a Trainer."""
+
+    def __init__(self, loss):
+        self.loss_module = loss
+
+    def compute_loss(self, batch, method):
+        return getattr(self.loss_module, method)(batch)
+
+
 def tiny_actor():
     return make_gem_actor(OBS, SPEC, hidden_sizes=(8, 8))
 

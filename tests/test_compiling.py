@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import needs_cpp_compiler, tiny_loss, trajectory_batch
+from conftest import LossHost, needs_cpp_compiler, tiny_loss, trajectory_batch
 from torch._dynamo.exc import BackendCompilerFailed
 
 from torchrl_gem import TwinBackPropEstimator, compiling
 from torchrl_gem.compiling import CompiledCall
 from torchrl_gem.trainer import DelayedActorStepper
-
-
-class Host:
-    """The part of a Trainer that DelayedActorStepper uses."""
-
-    def __init__(self, loss):
-        self.loss_module = loss
-
-    def compute_loss(self, batch, method):
-        return getattr(self.loss_module, method)(batch)
 
 
 def _stepper(loss, compile):
@@ -33,16 +23,16 @@ def _stepper(loss, compile):
 @needs_cpp_compiler
 def test_compiled_steps_equal_eager_steps():
     batches = [
-        trajectory_batch(32, generator=torch.Generator().manual_seed(i))
+        trajectory_batch(
+            32, generator=torch.Generator().manual_seed(i), memory_return=True
+        )
         for i in range(4)
     ]
-    for batch in batches:
-        batch["memory_return"] = torch.randn(32, 2)
     losses, params = {}, {}
     for compile in (False, True):
         torch.manual_seed(0)
         loss = tiny_loss()
-        host, stepper = Host(loss), _stepper(loss, compile)
+        host, stepper = LossHost(loss), _stepper(loss, compile)
         losses[compile] = [stepper.step(host, batch) for batch in batches]
         params[compile] = loss.state_dict()
     assert all(call.compiled for call in stepper._compiled.values())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_loss, trajectory_batch
+from conftest import LossHost, tiny_loss, trajectory_batch
 
 from torchrl_gem import TwinBackPropEstimator, precision
 from torchrl_gem.trainer import DelayedActorStepper
@@ -52,14 +52,10 @@ def test_bf16_steps_keep_fp32_parameters_and_optimiser_states():
             precision=mode,
         )
 
-        class Host:
-            def compute_loss(self, batch, method, loss=loss):
-                return getattr(loss, method)(batch)
-
         batch = trajectory_batch(
             32, generator=torch.Generator().manual_seed(2), memory_return=True
         )
-        losses[mode] = stepper.step(Host(), batch)["loss_qvalue"]
+        losses[mode] = stepper.step(LossHost(loss), batch)["loss_qvalue"]
         params = list(loss.qvalue_network_params.values(True, True))
         assert all(p.dtype == torch.float32 for p in params)
         state = stepper.critic_optimizer.state_dict()["state"]
