@@ -145,3 +145,40 @@ def merge_overrides(base: list[str], extra) -> list[str]:
     """Hydra-style ``key=value`` overrides: ``extra`` replaces ``base``'s same keys."""
     merged = {item.split("=", 1)[0]: item for item in [*base, *extra]}
     return list(merged.values())
+
+
+def tiny_mujoco_run(algo: str, run_dir, *extra: str) -> list[str]:
+    """Overrides of a ~1 s MuJoCo recipe run: 400 frames, 16-unit nets, eval every 200.
+
+    ``extra`` overrides come last and replace base entries of the same key.
+    """
+    base = [
+        f"algo={algo}",
+        "env.name=Hopper-v5",
+        "env.max_episode_steps=50",  # time-limit truncations happen, too
+        "collector.total_frames=400",
+        "collector.init_random_frames=200",
+        "network.hidden_sizes=[16,16]",
+        "algo.updates_per_batch=4",
+        "optim.batch_size=16",
+        "sil.batch_size=16",
+        "optim.num_threads=1",
+        "optim.compile=false",  # compiled steps: test_compiled_gem_run_trains
+        "memory.capacity=1000",
+        "logger.eval_interval=200",
+        "logger.eval_episodes=2",
+        "logger.log_interval=0",
+        "logger.progress_bar=false",
+        "logger.plot=false",
+        "checkpoint.interval=0",
+        f"logger.run_dir={run_dir}",
+    ]
+    return merge_overrides(base, extra)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Recipe runs set torch's thread count (optim.num_threads): undo it after each."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

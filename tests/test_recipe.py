@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import merge_overrides, needs_cpp_compiler
+from conftest import needs_cpp_compiler
+from conftest import tiny_mujoco_run as tiny
 
 pytest.importorskip("mujoco")
 pytest.importorskip("hydra")
@@ -54,48 +55,12 @@ ALGOS = (
 EPISODIC = {"gem", "bp", "bp_4critics", "gem_paired", "td3_tbp", "td3_sil", "sac_tbp"}
 
 
-def tiny(algo: str, run_dir: Path, *extra: str) -> list[str]:
-    """Overrides of a ~1 s run: 400 frames, 16-unit nets, evaluation every 200.
-
-    ``extra`` overrides come last and replace base entries of the same key.
-    """
-    base = [
-        f"algo={algo}",
-        "env.name=Hopper-v5",
-        "env.max_episode_steps=50",  # time-limit truncations happen, too
-        "collector.total_frames=400",
-        "collector.init_random_frames=200",
-        "network.hidden_sizes=[16,16]",
-        "algo.updates_per_batch=4",
-        "optim.batch_size=16",
-        "sil.batch_size=16",
-        "optim.num_threads=1",
-        "optim.compile=false",  # compiled steps: test_compiled_gem_run_trains
-        "memory.capacity=1000",
-        "logger.eval_interval=200",
-        "logger.eval_episodes=2",
-        "logger.log_interval=0",
-        "logger.progress_bar=false",
-        "logger.plot=false",
-        "checkpoint.interval=0",
-        f"logger.run_dir={run_dir}",
-    ]
-    return merge_overrides(base, extra)
-
-
 def run(overrides: list[str]) -> dict:
     return recipe.train(recipe.load_config(overrides))
 
 
 def eval_csv(run_dir: Path, name: str = "return_mean") -> str:
     return (run_dir / "logs" / "scalars" / "eval" / f"{name}.csv").read_text()
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------- smoke

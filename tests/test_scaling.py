@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import merge_overrides
+from conftest import tiny_mujoco_run
 
 pytest.importorskip("mujoco")
 pytest.importorskip("hydra")
@@ -33,39 +33,14 @@ RAY_SKIP = 'collector.backend=ray needs the ray extra: pip install -e ".[ray]"'
 
 
 def tiny(run_dir: Path, *extra: str) -> list[str]:
-    """Overrides of a tiny GEM run: 400 frames, 16-unit nets, 4 updates per batch."""
-    base = [
-        "algo=gem",
-        "env.name=Hopper-v5",
-        "env.max_episode_steps=30",  # time-limit truncations happen, too
-        "collector.total_frames=400",
-        "collector.init_random_frames=200",
-        "network.hidden_sizes=[16,16]",
-        "algo.updates_per_batch=4",
-        "optim.batch_size=16",
-        "optim.num_threads=1",
-        "optim.compile=false",
-        "memory.capacity=1000",
-        "logger.eval_interval=200",
-        "logger.eval_episodes=1",
-        "logger.log_interval=0",
-        "logger.progress_bar=false",
-        "logger.plot=false",
-        "checkpoint.interval=0",
-        f"logger.run_dir={run_dir}",
-    ]
-    return merge_overrides(base, extra)
+    """A tiny GEM run, 30-step episodes (many trajectories to check), 1 eval episode."""
+    return tiny_mujoco_run(
+        "gem", run_dir, "env.max_episode_steps=30", "logger.eval_episodes=1", *extra
+    )
 
 
 def run(overrides: list[str]) -> dict:
     return recipe.train(recipe.load_config(overrides))
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def stored(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
