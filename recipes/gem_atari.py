@@ -45,7 +45,7 @@ from atari_config import ATARI_CONFIG, ATARI_DIR, check_atari_config
 from atari_config import load_atari_config as load_config  # noqa: F401 - for tests
 from builders import make_collector
 from omegaconf import DictConfig
-from torchrl.trainers import LogTiming, ReplayBufferTrainer, Trainer, UpdateWeights
+from torchrl.trainers import ReplayBufferTrainer, Trainer, UpdateWeights
 
 from runs import (
     EVAL_SEED_OFFSET,
@@ -65,6 +65,7 @@ from torchrl_gem.trainer import (
     HardTargetUpdateHook,
     MemoryRefreshHook,
     ProgressBar,
+    RunTiming,
 )
 
 # The settings a checkpoint must share with the run that resumes it.
@@ -143,7 +144,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         gamma=cfg.optim.gamma,
     )
     evaluation.register(trainer)
-    LogTiming(prefix="time", percall=False).register(trainer)  # 10. time split
+    timing = RunTiming()  # 10. time split, carried across resumes
+    timing.register(trainer)
     progress = ProgressBar(trainer, stats, evaluation, cfg.logger.progress_bar)
     trainer.register_op("post_steps_log", progress)  # 11. progress bar
     return train_with_checkpoints(  # 12. checkpoint: periodic, final, on a signal
@@ -158,6 +160,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger=logger,
         evaluation=evaluation,
         progress=progress,
+        timing=timing,
         wall_start=wall_start,
     )
 

@@ -62,7 +62,7 @@ from builders import (
 from config import ConfigError, check_config, load_config  # noqa: F401 - for tests
 from omegaconf import DictConfig
 from scaling import check_launcher, collector_steps, sweep_threads
-from torchrl.trainers import LogTiming, ReplayBufferTrainer, Trainer, UpdateWeights
+from torchrl.trainers import ReplayBufferTrainer, Trainer, UpdateWeights
 
 from runs import (
     EVAL_SEED_OFFSET,
@@ -83,6 +83,7 @@ from torchrl_gem.trainer import (
     FiniteCheckHook,
     MemoryRefreshHook,
     ProgressBar,
+    RunTiming,
 )
 
 # The settings a checkpoint must share with the run that resumes it.
@@ -192,7 +193,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         gamma=cfg.optim.gamma,
     )
     evaluation.register(trainer)
-    LogTiming(prefix="time", percall=False).register(trainer)  # 10. time split
+    timing = RunTiming()  # 10. time split, carried across resumes
+    timing.register(trainer)
     progress = ProgressBar(trainer, stats, evaluation, cfg.logger.progress_bar)
     trainer.register_op("post_steps_log", progress)  # 11. progress bar
     return train_with_checkpoints(  # 12. checkpoint: periodic, final, on a signal
@@ -207,6 +209,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger=logger,
         evaluation=evaluation,
         progress=progress,
+        timing=timing,
         wall_start=wall_start,
     )
 

@@ -221,6 +221,7 @@ def train_with_checkpoints(
     logger,
     evaluation,
     progress,
+    timing,
     wall_start: float,
 ) -> dict[str, Any]:
     """The last hook of a recipe's cycle, then the run: checkpoints (periodic, final,
@@ -258,6 +259,7 @@ def train_with_checkpoints(
         checkpointer=checkpointer,
         stop_signal=stop_signal,
         progress=progress,
+        timing=timing,
         wall_start=wall_start,
     )
 
@@ -282,9 +284,14 @@ def train_and_summarise(
     checkpointer,
     stop_signal,
     progress,
+    timing,
     wall_start: float,
 ) -> dict[str, Any]:
-    """Run ``trainer.train()`` under ``stop_signal``; log, plot and print a summary."""
+    """Run ``trainer.train()`` under ``stop_signal``; log, plot and print a summary.
+
+    ``timing``: the run's :class:`~torchrl_gem.trainer.RunTiming`, logged once more
+    at the last frame (the final checkpoint included).
+    """
     start_frames = trainer.collected_frames
     train_start = time.perf_counter()
     with stop_signal:
@@ -296,11 +303,9 @@ def train_and_summarise(
     train_time = time.perf_counter() - train_start
 
     frames = trainer.collected_frames
-    totals = timeit.todict(percall=False)
     if trainer.logger is not None:
-        trainer.logger.log_metrics(
-            {f"time/{key}": value for key, value in totals.items()}, step=frames
-        )
+        trainer.logger.log_metrics(timing(), step=frames)
+    session = timeit.todict(percall=False)  # this process only, like wall_s
     finished = frames >= cfg.collector.total_frames
     summary = {
         "algo": cfg.algo.name,
@@ -315,7 +320,7 @@ def train_and_summarise(
         "frames_per_s": (frames - start_frames) / max(train_time, 1e-9),
         "evaluations": list(evaluation.history),
         "final_return": evaluation.last_return,
-        "timing": {label: totals[key] for label, key in TIMERS if key in totals},
+        "timing": {label: session[key] for label, key in TIMERS if key in session},
         "checkpoint": str(checkpointer.path) if checkpointer.path else None,
         "plot": None,
         "resume_hint": None if finished else resume_command(checkpointer.path),

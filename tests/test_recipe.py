@@ -283,6 +283,16 @@ def test_resume_equals_uninterrupted_run(resumed_runs):
     assert torch.equal(a["env"]["mujoco"], b["env"]["mujoco"])
 
 
+def test_resumed_time_logs_carry_the_stopped_runs_totals(resumed_runs):
+    """time/* at the end of a resumed run = the checkpoint's totals + this session's."""
+    carried = resumed_runs["stopped_payload"]["trainer"]["log_timing"]["totals"]
+    session = resumed_runs["resumed"]["timing"]
+    logged = dict(plot.read_scalar(resumed_runs["split"], "time/update"))
+    assert logged[300] == pytest.approx(carried["update"]) and carried["update"] > 0
+    assert logged[600] == pytest.approx(carried["update"] + session["update"])
+    assert session["update"] > 0
+
+
 def test_refresh_every_two_batches_trains_and_resumes(tmp_path):
     """Refreshes at training batches 0, 2, 4: a stop after batch 1 must resume there."""
     extra = ("collector.total_frames=600", "memory.refresh_every=2")

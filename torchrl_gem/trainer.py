@@ -15,7 +15,8 @@ into their targets every ``N`` batches (GEM's Atari agent refreshes its memory r
 after). More pieces of general use in off-policy recipes: :class:`EvaluationHook`
 (deterministic evaluation every ``N`` frames), :class:`FiniteCheckHook` (stop on
 NaN/inf coming from the environment, naming the step), :class:`EpisodeStats`
-(returns of the finished training episodes) and :class:`ProgressBar` (tqdm).
+(returns of the finished training episodes), :class:`RunTiming` (time per phase,
+carried across resumes) and :class:`ProgressBar` (tqdm).
 
 In one collected batch the trainer then runs, in order: ``batch_process`` (finite
 check, memory extend) -> ``pre_optim_steps`` (bulk target update, memory refresh)
@@ -35,7 +36,7 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.objectives import HardUpdate, LossModule, SoftUpdate
 from torchrl.objectives.utils import TargetNetUpdater
-from torchrl.trainers import OptimizationStepper, Trainer, TrainerHookBase
+from torchrl.trainers import LogTiming, OptimizationStepper, Trainer, TrainerHookBase
 
 from torchrl_gem.compiling import CompiledCall
 from torchrl_gem.precision import Precision, autocast
@@ -49,6 +50,7 @@ __all__ = [
     "HardTargetUpdateHook",
     "MemoryRefreshHook",
     "ProgressBar",
+    "RunTiming",
     "bulk_tau",
 ]
 
@@ -775,6 +777,49 @@ class EpisodeStats(TrainerHookBase):
     def register(self, trainer: Trainer, name: str = "episode_stats") -> None:
         trainer.register_module(name, self)
         trainer.register_op("pre_steps_log", self)
+
+
+class RunTiming(LogTiming):
+    """TorchRL's ``LogTiming`` (total seconds per ``timeit`` timer) since the run began.
+
+    ``timeit`` counts what this process timed. The hook's state, saved with the
+    trainer's, holds the totals so far, and a resumed run adds them to its own: the
+    logged ``<prefix>/<timer>`` then add up to what the run's frames cost (the work
+    done after the last checkpoint, lost and redone, counted once).
+
+    Examples:
+        >>> from torchrl import timeit
+        >>> from torchrl_gem.trainer import RunTiming
+        >>> timeit.erase()
+        >>> timing = RunTiming()
+        >>> timing.load_state_dict({"prefix": "time", "totals": {"update": 100.0}})
+        >>> with timeit("update"):
+        ...     pass
+        >>> round(timing()["time/update"])
+        100
+    """
+
+    def __init__(self, prefix: str = "time") -> None:
+        super().__init__(prefix=prefix, percall=False)
+        self.carried: dict[str, float] = {}  # the resumed checkpoint's totals
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per timer: the carried totals plus this process's."""
+        totals = dict(self.carried)
+        for name, seconds in timeit.todict(percall=False).items():
+            totals[name] = totals.get(name, 0.0) + seconds
+        return totals
+
+    def __call__(self, batch: TensorDictBase | None = None) -> dict[str, float]:
+        return {f"{self.prefix}/{name}": value for name, value in self.totals().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "totals": self.totals()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.percall = False  # totals are what carry over
+        self.carried = dict(state_dict.get("totals", {}))  # older checkpoints: none
 
 
 class ProgressBar:
