@@ -18,6 +18,9 @@ evaluation episodes, the discounted return obtained from them, their difference)
 more rows of panels follow, per task: the estimate (solid) beside the return
 (dashed), and the bias (mean +- std over seeds, > 0 is overestimation); a second table
 gives their final values.
+
+A last table gives the time the runs took per 100k frames, from their ``time/*``
+logs (collection, gradient steps and every trainer hook, which hold the rest).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 
 METRIC = "eval/return_mean"
 Q_ESTIMATE, MC_RETURN, Q_BIAS = "eval/q_estimate", "eval/mc_return", "eval/q_bias"
+TOP_TIMERS = ("collect", "update", "hook/*")  # disjoint; the other timers nest in hooks
 
 
 def find_runs(paths) -> list[Path]:
@@ -86,6 +90,44 @@ def collect(runs, metric: str = METRIC) -> dict[tuple[str, str], list]:
         if curve:
             groups[(info["env"], label or info["algo"])].append(curve)
     return dict(sorted(groups.items()))
+
+
+def training_seconds(run: Path) -> tuple[int, float] | None:
+    """``(frames, seconds)``: the last frame the run logged ``time/*`` at, and the
+    sum there of its top-level timers (collection, gradient steps, trainer hooks).
+
+    ``None`` without time logs, or where a timer's logged total goes down: the run
+    was resumed before the recipes carried the totals over (``RunTiming``), so the
+    time its frames cost is unknown.
+    """
+    frames, seconds = 0, 0.0
+    for pattern in TOP_TIMERS:
+        for file in sorted(run.glob(f"*/scalars/time/{pattern}.csv")):
+            with open(file, newline="") as handle:
+                rows = [(int(float(a)), float(b)) for a, b in csv.reader(handle)]
+            values = [value for _, value in rows]
+            if values != sorted(values):
+                return None
+            frames, seconds = max(frames, rows[-1][0]), seconds + values[-1]
+    return (frames, seconds) if frames else None
+
+
+def time_table(runs) -> str:
+    """Minutes per 100k frames per (task, algo), mean ± std over the timed runs."""
+    labels = runs if isinstance(runs, dict) else dict.fromkeys(runs)
+    groups: dict[tuple[str, str], list] = defaultdict(list)
+    for run, label in labels.items():
+        info = json.loads((run / "run_info.json").read_text())
+        groups[(info["env"], label or info["algo"])].append(training_seconds(run))
+    lines = [
+        "| task | algorithm | runs timed | minutes per 100k frames |",
+        "|---|---|---:|---:|",
+    ]
+    for (task, algo), timed in sorted(groups.items()):
+        minutes = [s / 60 * 100_000 / f for f, s in filter(None, timed)]
+        cell = "{:.1f} ± {:.1f}".format(*_mean_std(minutes)) if minutes else "-"
+        lines.append(f"| {task} | {algo} | {len(minutes)} of {len(timed)} | {cell} |")
+    return "\n".join(lines)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -236,6 +278,7 @@ def plot_runs(paths, out, *, metric: str = METRIC, quiet: bool = False) -> str:
     table = markdown_table(groups)
     if diagnostics:
         table += "\n\n" + bias_table(diagnostics)
+    table += "\n\n" + time_table(runs)
     if not quiet:
         print(table)
         print(f"\nwrote {out}")

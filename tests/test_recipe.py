@@ -522,6 +522,29 @@ def test_plot_draws_the_overestimation_rows(tmp_path, capsys):
     assert "| Hopper-v5 | td3 | 1 | 20 | 2.0 ± 0.0 |" in table
 
 
+def test_plot_times_runs_from_their_top_level_timers(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    logs = {
+        0: {  # 2 + 10 + 3 s at frame 20; eval nests in hook/evaluation
+            "collect": "10,1\n20,2\n",
+            "update": "10,5\n20,10\n",
+            "hook/evaluation": "20,3\n",
+            "eval": "20,100\n",
+        },
+        1: {"update": "10,5\n20,10\n10,1\n20,4\n"},  # timers restarted: unknown
+    }
+    for seed, timers in logs.items():
+        _fake_run(runs, "Hopper-v5", "gem", seed, [(0, 1.0), (20, 3.0)])
+        time_dir = runs / "Hopper-v5" / "gem" / f"seed{seed}" / "logs" / "scalars"
+        for name, text in timers.items():
+            path = time_dir / "time" / f"{name}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    plot.main([str(runs), "--out", str(tmp_path / "curves.png")])
+    # 15 s for 20 frames: 15 / 60 * 100000 / 20 minutes per 100k frames
+    assert "| Hopper-v5 | gem | 1 of 2 | 1250.0 ± 0.0 |" in capsys.readouterr().out
+
+
 class _ScriptedEnv:
     """Replays prepared episodes: what EvaluationHook needs of an environment."""
 
