@@ -1,7 +1,7 @@
 """Typed configuration of the Atari recipe (``gem_atari.py``): Hydra structured configs.
 
-The shared sections (logger, checkpoint, and the collector's and memory's common
-fields) are ``config.py``'s dataclasses, with Atari defaults where they differ; the
+The shared sections (logger, checkpoint, and the collector's common fields) are
+``config.py``'s dataclasses, with Atari defaults where they differ; the
 sections whose meaning is Atari's own (env, memory, optim, explore, algo) are
 declared here with the same conventions: every field typed, commented and ranged.
 The defaults are the released Atari code's (``gem-algorithm.md`` s4), except where a
@@ -191,7 +191,7 @@ class AtariAlgoConfig:
     target_update_interval: int = positive(8_000)
     # elementwise loss of the sub networks (gem) or of the Q-network (dqn)
     loss_function: SubLoss = SubLoss.smooth_l1
-    # gem: loss of the meta networks on the memory returns
+    # gem: loss of the meta networks on the memory returns (released: released_huber)
     meta_loss: MetaLoss = MetaLoss.huber
     # gem: weight where a meta net is below its target (released alpha: 1)
     underestimation_weight: float = positive(1.0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from config import ConfigError
+from config import ConfigError, compile_enabled
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
@@ -293,13 +293,6 @@ def make_agent(cfg: DictConfig, obs_dim: int, spec: Bounded):
         )
     attach_value_estimator(loss, cfg)
     return actor, loss, per_step_target, bulk_target
-
-
-def compile_enabled(cfg: DictConfig) -> bool:
-    """``optim.compile``; unset: on for GEM's losses, where it measured faster."""
-    if cfg.optim.compile is None:
-        return cfg.algo.loss == "gem"
-    return bool(cfg.optim.compile)
 
 
 def network_precision(cfg: DictConfig) -> str:

@@ -10,10 +10,12 @@ keys (one generic walk over the schema, ``check_schema``) and the few rules that
 several fields. Every error is a ``ConfigError`` whose message starts with the field
 it is about and says what would be valid.
 
-Shared sections (collector, memory, optim, logger, checkpoint) are meant for every
-recipe; env, network, gem, sil and algo are the MuJoCo recipe's. A file of the ``algo``
-group may also set shared fields (``# @package _global_``: the baselines' batch sizes,
-widths, learning rates and warm-ups); the command line still overrides them.
+Shared sections (collector, logger, checkpoint, and the rules of
+``check_shared_rules``) are meant for every recipe; env, network, memory, optim, gem,
+sil and algo are the MuJoCo recipe's (the Atari recipe declares its own). A file of
+the ``algo`` group may also set shared fields (``# @package _global_``: the
+baselines' batch sizes, widths, learning rates and warm-ups); the command line still
+overrides them.
 
 Choices are ``Choice`` enums: a member equals its string (``cfg.algo.loss == "gem"``),
 hashes as it (``BUILDERS[cfg.algo.loss]``) and prints as it (``f"{cfg.algo.loss}"``).
@@ -21,9 +23,10 @@ hashes as it (``BUILDERS[cfg.algo.loss]``) and prints as it (``f"{cfg.algo.loss}
 members, so use ``plain(cfg)`` for anything pickled (checkpoints load with
 ``weights_only=True``) or handed to other libraries.
 
-Cost of the MuJoCo defaults (CPU recipe): the full 1M-frame GEM budget takes about 15-20
-h on 2 CPU cores (per 100 frames: 200 gradient steps ~3 s plus a refresh of up to 100k
-stored states ~3 s); TD3 ~2.5x less.
+Cost of the MuJoCo defaults (CPU recipe, measured by ``benchmarks/cycle.py``): the
+full 1M-frame GEM budget takes about 8 h of one CPU thread in the default bf16 (13 h
+in fp32; per 100 frames, 200 gradient steps and a refresh of up to 100k stored
+states); TD3 about 3.4 h.
 """
 
 from __future__ import annotations
@@ -198,7 +201,7 @@ class Precision(Choice):
 
 class SilAction(Choice):
     policy = "policy"  # Q(s, pi(s)), a value of the state (released TD3+SIL)
-    data = "data"  # Q(s, a) at the stored action, whose return R is
+    data = "data"  # Q(s, a) at the stored action, the one that earned the return R
 
 
 # ---------------------------------------------------------------------------
@@ -300,7 +303,8 @@ class MemoryConfig:
     scratch_dir: str | None = None
     # collector batches between two refreshes of every stored return (1 = as released)
     refresh_every: int = positive(1)
-    # states per target-network call in a refresh (bounds RAM, keeps caches warm)
+    # states per target-network call in a refresh (bounds RAM, keeps caches warm);
+    # null = all in one call (eager only: optim.compile=false)
     value_chunk_size: int | None = positive(2048)
     # cpu | cuda | cuda:<n> of a tensor storage; an episodic memory (refreshed by
     # the target networks) must sit on network.device
@@ -309,7 +313,7 @@ class MemoryConfig:
 
 @dataclass
 class OptimConfig:
-    """Gradient steps, targets, CPU threads."""
+    """Gradient steps, targets, CPU threads, precision, compilation."""
 
     # transitions per gradient step, sampled uniformly with replacement
     batch_size: int = positive(128)
@@ -494,7 +498,7 @@ class MujocoConfig:
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     # replay: torchrl_gem.EpisodicMemory (or a plain buffer, algo.memory=replay)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
-    # gradient steps, targets, CPU threads
+    # gradient steps, targets, CPU threads, precision, compilation
     optim: OptimConfig = field(default_factory=OptimConfig)
     # actor and critic MLPs
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -709,6 +713,25 @@ def check_algo(algo: DictConfig, field_path: str = "algo") -> None:
         )
 
 
+def compile_enabled(cfg: DictConfig) -> bool:
+    """``optim.compile``; unset: on for GEM's losses, where it measured faster."""
+    if cfg.optim.compile is None:
+        return cfg.algo.loss == Loss.gem
+    return bool(cfg.optim.compile)
+
+
+def check_compile(cfg: DictConfig) -> None:
+    """A compiled refresh runs fixed-size chunks: it needs a chunk size."""
+    if compile_enabled(cfg) and cfg.algo.returns == Returns.tbp:
+        _require(
+            cfg.memory.value_chunk_size is not None,
+            "memory.value_chunk_size",
+            "null (the whole memory in one call) cannot be compiled, which "
+            "optim.compile is for this algo: set a size (default 2048) or "
+            "optim.compile=false",
+        )
+
+
 def check_shared_rules(cfg: DictConfig) -> None:
     """Rules across the shared sections: sizes vs capacity, logger, checkpoint."""
     capacity = cfg.memory.capacity
@@ -787,6 +810,7 @@ def check_config(cfg: DictConfig) -> None:
 
     check_schema(cfg, MujocoConfig)
     check_algo(cfg.algo)
+    check_compile(cfg)
     check_shared_rules(cfg)
     check_scaling(cfg)
     check_env_name(cfg.env.name)

@@ -21,11 +21,12 @@ every 2k frames. Expect a Hopper return of a few hundred, a demo, not a result::
         collector.init_random_frames=4000 'network.hidden_sizes=[256,256]' \
         logger.eval_interval=2000
 
-The full paper budget is the default, ``collector.total_frames=1000000`` (15-20 h of
-2 CPU cores for GEM). Every option is documented in ``config.py``; ``algo`` picks a
-variant from ``algo/``: gem, bp, bp_4critics, gem_paired (GEM and its ablations), td3,
-td3_tbp and sac_tbp (TD3Loss and SACLoss on GEM returns), and the paper's other
-baselines as its repository configured them, td3_sil, sac and ddpg::
+The full paper budget is the default, ``collector.total_frames=1000000`` (about 8 h
+of one CPU thread for GEM in the default bf16, 13 h in fp32). Every option is
+documented in ``config.py``; ``algo`` picks a variant from ``algo/``: gem, bp,
+bp_4critics, gem_paired (GEM and its ablations), td3, td3_tbp and sac_tbp (TD3Loss
+and SACLoss on GEM returns), and the paper's other baselines as its repository
+configured them, td3_sil, sac and ddpg::
 
     python recipes/gem_mujoco.py algo=sac      # batch 256, [256, 256], 10k warm-up
     python recipes/gem_mujoco.py algo=ddpg     # batch 100, lr 1e-3, one critic
@@ -47,7 +48,6 @@ import torch
 from builders import (
     STEP_METHODS,
     action_half_range,
-    compile_enabled,
     critic_groups,
     make_agent,
     make_collector,
@@ -59,7 +59,12 @@ from builders import (
     make_self_imitation,
     network_precision,
 )
-from config import ConfigError, check_config, load_config  # noqa: F401 - for tests
+from config import (  # noqa: F401 - ConfigError, check_config: for tests
+    ConfigError,
+    check_config,
+    compile_enabled,
+    load_config,
+)
 from omegaconf import DictConfig
 from scaling import check_launcher, collector_steps, sweep_threads
 from torchrl.trainers import ReplayBufferTrainer, Trainer, UpdateWeights

@@ -361,6 +361,10 @@ def test_choices_compare_print_and_dump_as_strings():
          "memory's return column"),
         (["algo=ddpg", "algo.num_critics=2"],
          "algo.num_critics: loss=ddpg (DDPGLoss) has one critic, got 2"),
+        (["memory.value_chunk_size=null"], "memory.value_chunk_size: null (the whole "
+         "memory in one call) cannot be compiled"),
+        (["algo=td3_tbp", "optim.compile=true", "memory.value_chunk_size=null"],
+         "memory.value_chunk_size: null"),
         (["sil.coeff=0"], "sil.coeff: must lie in (0.0, inf], got 0"),
         (["sil.action_source=stored"], "sil.action_source: unknown value 'stored'"),
         (["collector.frames_per_batch=200", "memory.capacity=100"],
@@ -382,6 +386,8 @@ def test_errors_name_the_field_and_what_is_valid(overrides, message):
 
 def test_cross_field_rules_allow_what_they_should():
     check("algo=td3", "algo.num_critics=3")  # td0 has no twin halves to split
+    check("memory.value_chunk_size=null", "optim.compile=false")  # eager: one call
+    check("algo=td3_tbp", "memory.value_chunk_size=null")  # TD3Loss: eager by default
     check("logger.backends=[tensorboard]", "logger.plot=false")
     check(
         "collector.frames_per_batch=100", "optim.batch_size=100", "memory.capacity=100"

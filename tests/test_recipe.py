@@ -117,7 +117,7 @@ def test_compiled_gem_run_trains(tmp_path, monkeypatch, torchrl_log):
 )  # fmt: skip
 def test_compile_defaults_to_gem_losses(tmp_path, algo, setting, expected):
     cfg = recipe.load_config(tiny(algo, tmp_path, f"optim.compile={setting}"))
-    assert builders.compile_enabled(cfg) is expected
+    assert recipe.compile_enabled(cfg) is expected
 
 
 def test_smoke_covers_every_preset():
