@@ -222,7 +222,7 @@ def test_set_keys():
     assert keys.memory_return == ("gem", "returns")
     assert keys.value == "action_value"
     assert {("agent", "act"), ("gem", "returns"), ("next", "r")} <= set(loss.in_keys)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not_a_key is not an accepted"):
         loss.set_keys(not_a_key="x")
 
 
@@ -326,6 +326,9 @@ def test_torchrl_updaters_move_the_target_sub_nets(updater):
     estimator = loss.value_estimator
     next_td = batch()["next"]
     before = estimator.next_state_value(next_td)
+    target_before = torch.cat(
+        [p.flatten() for p in leaves(loss.target_sub_qvalue_network_params)]
+    )
     with torch.no_grad():
         for p in leaves(loss.sub_qvalue_network_params):
             p.add_(1.0)
@@ -341,8 +344,10 @@ def test_torchrl_updaters_move_the_target_sub_nets(updater):
     )
     if updater == "hard":
         torch.testing.assert_close(target, online)
-    else:
-        assert not torch.allclose(target, online)
+    else:  # one Polyak step of weight tau = 0.5
+        torch.testing.assert_close(
+            target, target_before + 0.5 * (online - target_before)
+        )
     assert not torch.allclose(estimator.next_state_value(next_td), before)
 
 
@@ -374,14 +379,14 @@ def test_policy_is_greedy_on_the_mean_of_the_meta_nets():
 def test_bad_options_raise():
     with pytest.raises(ValueError, match="list of 2"):
         GEMDQNLoss(linear_qnet(), [linear_qnet()] * 3)
-    for kwargs in (
-        {"meta_loss_function": "l2"},
-        {"loss_function": "huber"},
-        {"action_space": "binary"},
-        {"underestimation_weight": 0.0},
-        {"num_sub_nets": 3},
+    for kwargs, message in (
+        ({"meta_loss_function": "l2"}, "meta_loss_function must be one of"),
+        ({"loss_function": "huber"}, "loss_function must be one of"),
+        ({"action_space": "binary"}, "action_space must be"),
+        ({"underestimation_weight": 0.0}, "underestimation_weight must be positive"),
+        ({"num_sub_nets": 3}, "even number"),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=message):
             GEMDQNLoss(linear_qnet(), linear_qnet(), **kwargs)
 
 

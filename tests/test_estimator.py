@@ -259,7 +259,8 @@ def test_replay_buffer_transform_on_slice_sampler_slices(buffer_class):
 def test_value_target_of_torchrl_td3_loss():
     torch.manual_seed(0)
     td3 = TD3Loss(tiny_actor(), tiny_critics(4), action_spec=SPEC, num_qvalue_nets=4)
-    td3.make_value_estimator(TwinBackPropEstimator.for_loss(td3, gamma=0.9))
+    estimator = TwinBackPropEstimator.for_loss(td3, gamma=0.9, policy_noise=0.0)
+    td3.make_value_estimator(estimator)  # noise-free: the two passes below agree
     # a memory batch carries memory_return: the target is its min over twins
     batch = trajectory_batch(
         16, generator=torch.Generator().manual_seed(5), memory_return=True
@@ -268,10 +269,12 @@ def test_value_target_of_torchrl_td3_loss():
     torch.testing.assert_close(
         metadata["target_value"], batch["memory_return"].min(-1).values
     )
-    # a slice batch without it: computed along time
+    # a slice batch without it: the estimator's returns along time, min over twins
     slices = trajectory_batch(4, 6, generator=torch.Generator().manual_seed(6))
+    expected = estimator(slices.clone())["memory_return"].min(-1).values
     loss_value, metadata = td3.value_loss(slices)
-    assert metadata["target_value"].shape == (4, 6) and loss_value.isfinite()
+    assert loss_value.isfinite()
+    torch.testing.assert_close(metadata["target_value"], expected)
 
 
 def test_value_target_of_torchrl_sac_loss():
@@ -298,14 +301,17 @@ def test_value_target_of_torchrl_sac_loss():
     batch = trajectory_batch(
         16, generator=torch.Generator().manual_seed(7), memory_return=True
     )
-    out = sac(batch.clone())
-    assert out["loss_qvalue"].isfinite()
-    # SACLoss regresses on the min of the twin memory returns
-    estimator = sac.value_estimator
-    torch.testing.assert_close(
-        estimator.value_estimate(batch),
-        batch["memory_return"].min(-1, keepdim=True).values,
-    )
+    seen = batch.clone()
+    assert sac(seen)["loss_qvalue"].isfinite()
+    # SACLoss regresses on the min of the twin memory returns: its td_error (the
+    # largest |Q_i(s, a) - target| over the critics) says which target it used
+    target = batch["memory_return"].min(-1).values
+    errors = []
+    for params in sac.qvalue_network_params.unbind(0):
+        with params.to_module(sac.qvalue_network):
+            q = sac.qvalue_network(batch.clone())["state_action_value"].squeeze(-1)
+        errors.append((q - target).abs())
+    torch.testing.assert_close(seen["td_error"], torch.stack(errors).amax(0))
 
 
 def test_bad_options_raise():

@@ -35,7 +35,7 @@ from torchrl.envs import Transform  # noqa: E402
 from torchrl.envs.utils import ExplorationType, set_exploration_type  # noqa: E402
 from torchrl.objectives import DDPGLoss, SACLoss, TD3Loss  # noqa: E402
 
-from torchrl_gem import GEMLoss, compiling  # noqa: E402
+from torchrl_gem import GEMLoss, compiling, precision  # noqa: E402
 from torchrl_gem.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from torchrl_gem.trainer import EvaluationHook  # noqa: E402
 
@@ -215,10 +215,22 @@ def test_td3_sil_resume_equals_uninterrupted_run(tmp_path):
     assert a["self_imitation"]["num_steps"] == b["self_imitation"]["num_steps"] == 16
 
 
-def test_bf16_run_trains(tmp_path):
+def test_bf16_run_trains(tmp_path, monkeypatch, torchrl_log):
+    """bf16 reaches the gradient steps and the refresh, on any CPU."""
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device: True)
+    used = []
+
+    def spy(mode, device="cpu"):
+        used.append(mode)
+        return precision.autocast(mode, device)
+
+    monkeypatch.setattr("torchrl_gem.trainer.autocast", spy)  # DelayedActorStepper
+    monkeypatch.setattr("torchrl_gem.estimator.autocast", spy)  # the refresh
     summary = run(tiny("gem", tmp_path, "optim.precision=bf16"))
     assert summary["status"] == "finished"
     assert all(math.isfinite(value) for _, value in summary["evaluations"])
+    assert used and set(used) == {"bf16"}
+    assert not [r for r in torchrl_log.records if "running fp32" in r.message]
 
 
 def test_tensorboard_alongside_csv(tmp_path):

@@ -168,8 +168,7 @@ def _scan(
         [flat_bootstrap, flat_bootstrap.flip(-1), reward.reshape(-1, 1)], -1
     )
     packed = packed.view(longest, len(ends), 2 * features + 1)
-    # The loop is bound by per-operation overhead, which is lower in NumPy on CPU.
-    xp = np if packed.device.type == "cpu" else torch
+    xp = _loop_module(packed.device)
     blocks = packed.numpy() if xp is np else packed
     bootstraps = list(blocks[..., :features])
     others = list(blocks[..., features:-1])
@@ -190,6 +189,12 @@ def _scan(
         outputs.append(evaluated)
     outputs = torch.as_tensor(xp.concatenate(outputs[::-1]), device=packed.device)
     return outputs[flat_index].reshape(bootstrap.shape)
+
+
+def _loop_module(device: torch.device):
+    """The array module of the scan's loop: NumPy on CPU, where its per-operation
+    overhead (which bounds the loop) is lower, torch on accelerators."""
+    return np if device.type == "cpu" else torch
 
 
 def _horizon_limited(
