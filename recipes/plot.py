@@ -34,6 +34,12 @@ from pathlib import Path
 
 METRIC = "eval/return_mean"
 Q_ESTIMATE, MC_RETURN, Q_BIAS = "eval/q_estimate", "eval/mc_return", "eval/q_bias"
+AXIS_LABELS = {
+    METRIC: "evaluation return",
+    Q_ESTIMATE: "critics' mean estimate",
+    MC_RETURN: "discounted return obtained",
+    Q_BIAS: "Q estimate - discounted return",
+}
 TOP_TIMERS = ("collect", "update", "hook/*")  # disjoint; the other timers nest in hooks
 
 
@@ -224,7 +230,9 @@ def plot_groups(
                 label = f"{algo} ({len(curves)})"
                 _draw(ax, curves, color=colors[algo], label=label)
         ax.set_title(task)
-        ax.set_ylabel("evaluation return" if metric == METRIC else metric)
+        ax.set_ylabel(AXIS_LABELS.get(metric, metric))
+        if metric == Q_BIAS:
+            ax.axhline(0.0, color="black", linewidth=0.8)  # > 0: overestimation
         if not diagnostics:
             continue
         estimate_ax = axes[row + task_rows, column]
@@ -243,7 +251,7 @@ def plot_groups(
                 _draw(bias_ax, curves, color=colors[algo], label=algo)
         bias_ax.axhline(0.0, color="black", linewidth=0.8)
         bias_ax.set_title(f"{task}: overestimation")
-        bias_ax.set_ylabel("Q estimate - discounted return")
+        bias_ax.set_ylabel(AXIS_LABELS[Q_BIAS])
     for ax in axes.flat:
         if not ax.has_data():
             ax.axis("off")
