@@ -88,14 +88,22 @@ def collect(runs, metric: str = METRIC) -> dict[tuple[str, str], list]:
     ``runs`` is a list of run directories, or :func:`labelled_runs`' mapping, whose
     labels replace the algorithm where given.
     """
-    labels = runs if isinstance(runs, dict) else dict.fromkeys(runs)
     groups: dict[tuple[str, str], list] = defaultdict(list)
-    for run, label in labels.items():
-        info = json.loads((run / "run_info.json").read_text())
+    for run, key in _group_keys(runs).items():
         curve = read_scalar(run, metric)
         if curve:
-            groups[(info["env"], label or info["algo"])].append(curve)
+            groups[key].append(curve)
     return dict(sorted(groups.items()))
+
+
+def _group_keys(runs) -> dict[Path, tuple[str, str]]:
+    """``{run: (task, label or algorithm)}`` for a run list or a run -> label map."""
+    labels = runs if isinstance(runs, dict) else dict.fromkeys(runs)
+    keys = {}
+    for run, label in labels.items():
+        info = json.loads((run / "run_info.json").read_text())
+        keys[run] = (info["env"], label or info["algo"])
+    return keys
 
 
 def training_seconds(run: Path) -> tuple[int, float] | None:
@@ -120,11 +128,9 @@ def training_seconds(run: Path) -> tuple[int, float] | None:
 
 def time_table(runs) -> str:
     """Minutes per 100k frames per (task, algo), mean ± std over the timed runs."""
-    labels = runs if isinstance(runs, dict) else dict.fromkeys(runs)
     groups: dict[tuple[str, str], list] = defaultdict(list)
-    for run, label in labels.items():
-        info = json.loads((run / "run_info.json").read_text())
-        groups[(info["env"], label or info["algo"])].append(training_seconds(run))
+    for run, key in _group_keys(runs).items():
+        groups[key].append(training_seconds(run))
     lines = [
         "| task | algorithm | runs timed | minutes per 100k frames |",
         "|---|---|---:|---:|",
