@@ -123,13 +123,17 @@ def make_networks(cfg: DictConfig, obs_dim: int, spec: Bounded):
 
 
 class GaussianHead(nn.Module):
-    """``[loc, log_std]`` -> ``(loc, exp(clamp(log_std, -20, 2)))``.
+    """``[loc, log_std]`` -> ``(loc, exp(clamp(log_std, -20, 2)))``, in float32.
 
-    The Gaussian parameters of stable-baselines' SAC policy (before the tanh).
+    The Gaussian parameters of stable-baselines' SAC policy (before the tanh). Under
+    bf16 autocast the layers before it run in bf16; the distribution's math (the
+    tanh, its log-determinant, the log-probability) must not: bf16 rounds tanh to 1
+    from about 3.7 on, and the log-probability of a saturated action comes out
+    wrong by orders of magnitude, which made SAC diverge.
     """
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, log_std = features.chunk(2, -1)
+        loc, log_std = features.float().chunk(2, -1)
         return loc, log_std.clamp(-20.0, 2.0).exp()
 
 

@@ -44,13 +44,13 @@ from atari_builders import (
 from atari_config import ATARI_CONFIG, ATARI_DIR, check_atari_config
 from atari_config import load_atari_config as load_config  # noqa: F401 - for tests
 from builders import make_collector
+from logs import make_logger
 from omegaconf import DictConfig
 from torchrl.trainers import ReplayBufferTrainer, Trainer, UpdateWeights
 
 from runs import (
     EVAL_SEED_OFFSET,
     finished_summary,
-    make_logger,
     read_resume,
     resolve_run_dir,
     run_identity,
@@ -100,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     collector = make_collector(cfg, train_env, policy)
     run_dir = resolve_run_dir(cfg, resumed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    logger = make_logger(cfg, run_dir)
+    logger = make_logger(cfg, run_dir, resumed)  # on resume: cut back to it
     trainer = Trainer(
         collector=collector,
         total_frames=cfg.collector.total_frames,

@@ -65,6 +65,7 @@ from config import (  # noqa: F401 - ConfigError, check_config: for tests
     compile_enabled,
     load_config,
 )
+from logs import make_logger
 from omegaconf import DictConfig
 from scaling import check_launcher, collector_steps, sweep_threads
 from torchrl.trainers import ReplayBufferTrainer, Trainer, UpdateWeights
@@ -72,7 +73,6 @@ from torchrl.trainers import ReplayBufferTrainer, Trainer, UpdateWeights
 from runs import (
     EVAL_SEED_OFFSET,
     finished_summary,
-    make_logger,
     read_resume,
     resolve_run_dir,
     run_identity,
@@ -141,7 +141,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     critic_method, actor_method = STEP_METHODS[cfg.algo.loss]
     run_dir = resolve_run_dir(cfg, resumed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    logger = make_logger(cfg, run_dir)
+    logger = make_logger(cfg, run_dir, resumed)  # on resume: cut back to it
     trainer = Trainer(
         collector=collector,
         total_frames=cfg.collector.total_frames,

@@ -21,16 +21,22 @@ gives their final values.
 
 A last table gives the time the runs took per 100k frames, from their ``time/*``
 logs (collection, gradient steps and every trainer hook, which hold the rest).
+
+Logs hold each step once (the recipes cut them back on resume). Logs written before
+that may repeat the steps between a checkpoint and a kill: they are read with the
+resumed process's rows and a warning naming the file; ``--clean`` rewrites them so.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
+import warnings
 from collections import defaultdict
 from pathlib import Path
+
+from logs import csv_logs, one_row_per_step, read_lines, step_of, write_lines
 
 METRIC = "eval/return_mean"
 Q_ESTIMATE, MC_RETURN, Q_BIAS = "eval/q_estimate", "eval/mc_return", "eval/q_bias"
@@ -67,19 +73,45 @@ def labelled_runs(arguments) -> dict[Path, str | None]:
     return labels
 
 
-def read_scalar(run: Path, name: str = METRIC) -> list[tuple[int, float]]:
-    """``(frame, value)`` pairs of a TorchRL CSV-logged scalar, one per frame.
+def read_log(file: Path) -> list[tuple[int, float]]:
+    """``(step, value)`` rows of a TorchRL CSV log (lines ``step,value``), one per step.
 
-    The CSV logger writes ``<run>/<experiment>/scalars/<name>.csv`` with lines
-    ``step,value``. A resumed run may log a frame twice; the last value wins.
+    A log that repeats steps (written by a resumed run before the recipes cut the
+    logs on resume) is read with the later process's rows (``logs.one_row_per_step``)
+    and a warning naming the file; ``--clean`` rewrites such files.
     """
+    lines, dropped = one_row_per_step(read_lines(file))
+    if dropped:
+        warnings.warn(
+            f"{file}: {len(dropped)} rows at steps {min(dropped)}-{max(dropped)} "
+            "were logged again by a resumed process; reading its rows (clean the "
+            "file with plot.py --clean)",
+            stacklevel=2,
+        )
+    return [(step_of(line), float(line.split(",")[1])) for line in lines]
+
+
+def read_scalar(run: Path, name: str = METRIC) -> list[tuple[int, float]]:
+    """``(frame, value)`` pairs of a scalar that ``run`` logged with the csv backend
+    (``<run>/<experiment>/scalars/<name>.csv``), one per frame."""
     values: dict[int, float] = {}
     for file in sorted(run.glob(f"*/scalars/{name}.csv")):
-        with open(file, newline="") as handle:
-            for row in csv.reader(handle):
-                if len(row) == 2:
-                    values[int(float(row[0]))] = float(row[1])
+        values.update(read_log(file))
     return sorted(values.items())
+
+
+def clean_logs(runs) -> list[Path]:
+    """Rewrite every CSV log of ``runs`` that repeats steps with one row per step,
+    the later process's (atomically); returns the files rewritten."""
+    rewritten = []
+    for run in runs:
+        for file in csv_logs(run):
+            lines = read_lines(file)
+            kept, dropped = one_row_per_step(lines)
+            if dropped:
+                write_lines(file, kept)
+                rewritten.append(file)
+    return rewritten
 
 
 def collect(runs, metric: str = METRIC) -> dict[tuple[str, str], list]:
@@ -117,8 +149,7 @@ def training_seconds(run: Path) -> tuple[int, float] | None:
     frames, seconds = 0, 0.0
     for pattern in TOP_TIMERS:
         for file in sorted(run.glob(f"*/scalars/time/{pattern}.csv")):
-            with open(file, newline="") as handle:
-                rows = [(int(float(a)), float(b)) for a, b in csv.reader(handle)]
+            rows = read_log(file)
             values = [value for _, value in rows]
             if values != sorted(values):
                 return None
@@ -308,7 +339,15 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--out", default="curves.png", help="PNG file to write")
     parser.add_argument("--metric", default=METRIC, help="CSV scalar to plot")
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="first rewrite the logs that repeat steps, one row per step (the later)",
+    )
     args = parser.parse_args(argv)
+    if args.clean:
+        for file in clean_logs(labelled_runs(args.runs)):
+            print(f"cleaned {file}")
     plot_runs(args.runs, args.out, metric=args.metric)
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 from config import ConfigError, plain, resolve_checkpoint_path
+from logs import flat_hparams, wandb_run_id
 from omegaconf import DictConfig, OmegaConf
 from torchrl import timeit
-from torchrl.record.loggers import get_logger
 
 from torchrl_gem.checkpoint import (
     CheckpointError,
@@ -123,60 +123,6 @@ def resume_command(path: Path | None) -> str:
 # ---------------------------------------------------------------------------
 # Logging
 # ---------------------------------------------------------------------------
-class FanOutLogger:
-    """Forwards every call to several TorchRL loggers (e.g. csv + wandb)."""
-
-    def __init__(self, loggers: list) -> None:
-        self.loggers = loggers
-
-    def __getattr__(self, name: str):
-        methods = [getattr(logger, name) for logger in self.loggers]
-        return lambda *args, **kwargs: [method(*args, **kwargs) for method in methods]
-
-
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The config as a flat ``{"optim.actor_lr": 3e-4, ...}`` of scalars.
-
-    TensorBoard's hparams accept nothing else.
-    """
-    flat, stack = {}, [("", plain(cfg))]
-    while stack:
-        prefix, node = stack.pop()
-        for key, value in node.items():
-            name = f"{prefix}{key}"
-            if isinstance(value, dict):
-                stack.append((f"{name}.", value))
-            else:
-                keep = isinstance(value, (int, float, str, bool))
-                flat[name] = value if keep else str(value)
-    return dict(sorted(flat.items()))
-
-
-def make_logger(cfg: DictConfig, run_dir: Path):
-    """TorchRL loggers of ``logger.backends`` writing under ``run_dir``."""
-    name = f"{cfg.algo.name}_{cfg.env.name}_seed{cfg.seed}"
-    loggers = []
-    for backend in cfg.logger.backends:
-        backend = str(backend)
-        experiment = {"csv": "logs", "tensorboard": "tensorboard"}.get(backend, name)
-        wandb_kwargs = {
-            "project": cfg.logger.project_name,
-            "mode": cfg.logger.wandb_mode,
-            "config": plain(cfg),
-        }
-        loggers.append(
-            get_logger(
-                backend,
-                logger_name=str(run_dir),
-                experiment_name=experiment,
-                wandb_kwargs=wandb_kwargs,
-            )
-        )
-    if not loggers:
-        return None
-    return loggers[0] if len(loggers) == 1 else FanOutLogger(loggers)
-
-
 def start_logs(cfg: DictConfig, run_dir: Path, logger, resumed: bool) -> None:
     """A new run writes its config and hyperparameters; every run its run_info."""
     if not resumed:
@@ -236,7 +182,7 @@ def train_with_checkpoints(
         run_dir / "checkpoints" / "last.pt",
         identity,
         memory=memory,
-        extra={"run_dir": str(run_dir)},
+        extra={"run_dir": str(run_dir), "wandb_id": wandb_run_id(logger)},
     )
     stop_signal = StopSignal()
     checkpointer = CheckpointHook(
@@ -290,7 +236,8 @@ def train_and_summarise(
     """Run ``trainer.train()`` under ``stop_signal``; log, plot and print a summary.
 
     ``timing``: the run's :class:`~torchrl_gem.trainer.RunTiming`, logged once more
-    at the last frame (the final checkpoint included).
+    at the last frame (the final checkpoint included) where the trainer did not
+    (:func:`final_timing`).
     """
     start_frames = trainer.collected_frames
     train_start = time.perf_counter()
@@ -304,7 +251,7 @@ def train_and_summarise(
 
     frames = trainer.collected_frames
     if trainer.logger is not None:
-        trainer.logger.log_metrics(timing(), step=frames)
+        trainer.logger.log_metrics(final_timing(trainer, timing), step=frames)
     session = timeit.todict(percall=False)  # this process only, like wall_s
     finished = frames >= cfg.collector.total_frames
     summary = {
@@ -333,6 +280,18 @@ def train_and_summarise(
         summary["plot"] = str(out)
     print_summary(summary)
     return summary
+
+
+def final_timing(trainer, timing) -> dict[str, float]:
+    """The run's time totals at its last frame, the final checkpoint included, for
+    each timer that the trainer did not log at that frame already (each step is
+    logged once)."""
+    frames = trainer.collected_frames
+    return {
+        key: value
+        for key, value in timing().items()
+        if trainer._last_log.get(key) != frames  # TorchRL's log-interval record
+    }
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -182,3 +182,49 @@ def _restore_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+# A recipe run that dies by SIGKILL at the end of the batch that reaches ``kill_at``
+# frames (its logs written, its checkpoints as the config says), in a subprocess.
+_KILLED_RUN = """
+import os, signal, sys
+import {module} as recipe
+from torchrl_gem.checkpoint import CheckpointHook
+
+save_or_stop = CheckpointHook.__call__
+
+def then_die(self, batch=None):  # the last hook of a batch
+    save_or_stop(self, batch)
+    if self._trainer.collected_frames >= {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+CheckpointHook.__call__ = then_die
+recipe.train(recipe.load_config(sys.argv[1:]))
+"""
+
+
+def run_killed(module: str, overrides: list[str], kill_at: int, cwd) -> None:
+    """Run recipe ``module`` (``gem_mujoco``, ``gem_atari``) with ``overrides`` until
+    it is killed (``kill -9``) after the batch reaching ``kill_at`` frames."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(recipes), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+    )
+    code = _KILLED_RUN.format(module=module, kill_at=kill_at)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -142,3 +144,27 @@ def test_ensemble_gradients_stay_float32_under_bf16_autocast():
     )
     for got, want in zip(grads, reference, strict=True):
         torch.testing.assert_close(got, want, rtol=0.1, atol=0.05)
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_actor_tanh_keeps_its_gradient_under_bf16_autocast(layer_norm):
+    """bf16 rounds tanh(5) to 1, whose gradient is 0: the actor's squashing runs in
+    float32, so a saturating output keeps the gradient that float32 gives it."""
+    spec = Bounded(-1.0, 1.0, shape=(2,))
+    actor = make_gem_actor(5, spec, hidden_sizes=(8,), layer_norm=layer_norm)
+    last = actor.module[0].module[1]  # the output layer, before the tanh
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([5.0, -5.0]))  # pre-tanh outputs of +-5
+    states = TensorDict(observation=torch.randn(4, 5), batch_size=[4])
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        last.bias.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            action = actor(states.clone())["action"]
+        assert action.dtype == torch.float32
+        action.sum().backward()
+        grads[precision] = last.bias.grad.clone()
+    expected = 4 * (1 - math.tanh(5.0) ** 2)  # 4 states; +-1 rescaled by 1
+    assert grads["fp32"].tolist() == pytest.approx([expected, expected], rel=1e-3)
+    torch.testing.assert_close(grads["bf16"], grads["fp32"])

@@ -33,6 +33,7 @@ from tensordict import TensorDict  # noqa: E402
 from torchrl.data import Bounded  # noqa: E402
 from torchrl.envs import Transform  # noqa: E402
 from torchrl.envs.utils import ExplorationType, set_exploration_type  # noqa: E402
+from torchrl.modules import TanhNormal  # noqa: E402
 from torchrl.objectives import DDPGLoss, SACLoss, TD3Loss  # noqa: E402
 
 from torchrl_gem import GEMLoss, compiling, precision  # noqa: E402
@@ -152,6 +153,22 @@ def test_preset_builds_its_agent(tmp_path, algo, num_critics, single, memory_noi
     assert torch.equal(first, second) is (memory_noise == 0.0)
     # one estimator writes the same value in both columns
     assert torch.equal(first[:, 0], first[:, 1]) is single
+
+
+def test_sac_policy_distribution_math_is_float32_under_bf16_autocast():
+    """bf16 rounds tanh to 1 from about 3.7: computed in bf16, the log-probability of
+    saturated actions was off by orders of magnitude (SAC diverged in bf16 runs)."""
+    torch.manual_seed(0)
+    features = (torch.randn(256, 6) * 4).bfloat16()  # from the bf16 layers: means
+    head = builders.GaussianHead()  # up to about 12, saturated actions
+    with precision.autocast("bf16"):
+        loc, scale = head(features)
+        assert loc.dtype == scale.dtype == torch.float32
+        dist = TanhNormal(loc, scale, low=-1.0, high=1.0)
+        action = dist.sample()
+        log_prob = dist.log_prob(action)
+    reference = TanhNormal(*head(features.float()), low=-1.0, high=1.0)
+    torch.testing.assert_close(log_prob, reference.log_prob(action))
 
 
 def test_baseline_presets_build_their_agents(tmp_path):
@@ -543,7 +560,9 @@ def test_plot_times_runs_from_their_top_level_timers(tmp_path, capsys):
             "hook/evaluation": "20,3\n",
             "eval": "20,100\n",
         },
-        1: {"update": "10,5\n20,10\n10,1\n20,4\n"},  # timers restarted: unknown
+        # checkpoint at 10, killed after 20, resumed with timers restarted at zero
+        # (before RunTiming carried them): what the frames cost is unknown
+        1: {"update": "10,5\n20,10\n20,1\n"},
     }
     for seed, timers in logs.items():
         _fake_run(runs, "Hopper-v5", "gem", seed, [(0, 1.0), (20, 3.0)])

@@ -466,3 +466,5 @@ class CheckpointHook(TrainerHookBase):
         self._trainer = trainer
         trainer.register_module(name, self)
         trainer.register_op("post_steps_log", self)
+        with timeit("checkpoint"):  # named before the first save, so that the
+            pass  # totals saved with it (RunTiming) hold it: a resume logs it on

@@ -139,12 +139,26 @@ def make_gem_actor(
     net = nn.Sequential(
         _mlp(observation_dim, hidden_sizes, layer_norm),
         nn.Linear(hidden_sizes[-1], action_dim),
+        Float32(),  # the tanh in float32, also under bf16 autocast
     )
     _initialise(net, init)
     return TensorDictSequential(
         TensorDictModule(net, in_keys=[observation_key], out_keys=["_actor_out"]),
         TanhModule(in_keys=["_actor_out"], out_keys=[action_key], spec=action_spec),
     )
+
+
+class Float32(nn.Module):
+    """Casts to float32: what follows runs in float32 under bf16 autocast.
+
+    bf16 rounds ``tanh(x)`` to exactly 1 from ``|x|`` of about 3.7 on, where its
+    gradient becomes 0: an actor output that drifts that far gets no gradient to
+    come back (float32 keeps one up to about 9). A bf16 DDPG run on Hopper (plain
+    MLP actor) ended with every pre-tanh output beyond 7 and a constant evaluation.
+    """
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden.float()
 
 
 def make_gem_critics(

@@ -807,7 +807,8 @@ class RunTiming(LogTiming):
         """Seconds per timer: the carried totals plus this process's."""
         totals = dict(self.carried)
         for name, seconds in timeit.todict(percall=False).items():
-            totals[name] = totals.get(name, 0.0) + seconds
+            if seconds or name in totals:  # erased timers keep their names at 0
+                totals[name] = totals.get(name, 0.0) + seconds
         return totals
 
     def __call__(self, batch: TensorDictBase | None = None) -> dict[str, float]:

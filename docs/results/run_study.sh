@@ -48,6 +48,8 @@ run_one() {  # one queue line
   read -r task algo seed extra <<<"$1"
   local dir=docs/results/runs/$task/$algo/seed$seed
   if finished "$dir"; then echo "skip $dir (finished)"; return 0; fi
+  exec 9>"runs/study_logs/${task}_${algo}_seed$seed.lock"
+  if ! flock -n 9; then echo "skip $dir (running in another queue)"; return 0; fi
   echo "$(date +%H:%M) start $dir"
   # shellcheck disable=SC2086
   if python recipes/gem_mujoco.py "${budget[@]}" "env.name=$task" "algo=$algo" \
