@@ -1,7 +1,7 @@
 """Collection throughput of each ``collector.backend``: frames/s, ratio to single.
 
-Builds the recipe's collector (``recipes/scaling.py``) for every requested backend and
-worker count, with the recipe's exploration policy (actor of ``--hidden`` units plus
+Builds the recipe's collector (``recipes/interaction.py``) for every requested backend
+and worker count, with the recipe's exploration policy (actor of ``--hidden`` units plus
 Gaussian noise) on ``--env``, and times ``--batches`` batches of ``--frames-per-batch``
 frames after one untimed batch (process and actor start-up are reported apart). After
 every batch the learner pushes the policy weights (``update_policy_weights_``), as the
@@ -29,7 +29,7 @@ import torch  # noqa: E402
 def measure(backend: str, workers: int, args) -> tuple[float, float]:
     """(start-up seconds, frames/s) of one backend and worker count."""
     import builders
-    import scaling
+    import interaction
     from config import check_config, load_config
 
     cfg = load_config(
@@ -45,13 +45,13 @@ def measure(backend: str, workers: int, args) -> tuple[float, float]:
         ]
     )
     check_config(cfg)
-    env = builders.make_env(cfg, 0)
-    spec, half_range = builders.action_half_range(env, cfg.env.name)
+    env = interaction.make_env(cfg, 0)
+    spec, half_range = interaction.action_half_range(env, cfg.env.name)
     obs_dim = env.observation_spec["observation"].shape[-1]
     actor, *_ = builders.make_agent(cfg, obs_dim, spec)
     policy = builders.make_exploration_policy(actor, spec, 0.1 * half_range)
     start = time.perf_counter()
-    collector = scaling.make_collector(cfg, env, policy)
+    collector = interaction.make_collector(cfg, env, policy)
     frames, timed_from = 0, None
     for index, batch in enumerate(collector):
         if index == 0:

@@ -32,10 +32,12 @@ Variants (``--variants``, default all):
   twin columns, the actor every 2nd step, fused Adam. The acting actor is the
   trained one, so it has no weight sync. bf16 = autocast around the networks, as the
   recipe.
-- ``base-gem-fp32``, ``base-td3-fp32``: the recipe at commit 99ab704 (before the
-  precision option: fp32 only), built by its own ``train()`` in the same way, from a
-  checkout on ``PYTHONPATH``: ``--baseline-path``, or else a temporary ``git
-  worktree`` of that commit, removed at the end.
+- ``base-gem-fp32``, ``base-td3-fp32``, ``base-gem-bf16``: the recipe at
+  ``--baseline-commit`` (default 99ab704, before the precision option: fp32 only;
+  ``base-gem-bf16`` needs a later one), built by its own ``train()`` in the same way,
+  from a checkout on ``PYTHONPATH``: ``--baseline-path``, or else a temporary ``git
+  worktree`` of that commit, removed at the end. A refactor compares with the commit
+  before it: ``--baseline-commit <sha> --variants gem-bf16,base-gem-bf16``.
 
 Every variant runs in its own process (its own ``timeit`` registry, torch threads,
 imports of its checkout), and all are interleaved: one cycle each in turn, the order
@@ -115,6 +117,7 @@ VARIANTS = (
     Variant("minimal-bf16", "minimal", "current", "gem", "bf16"),
     Variant("base-gem-fp32", "recipe", "baseline", "gem", "fp32"),
     Variant("base-td3-fp32", "recipe", "baseline", "td3", "fp32"),
+    Variant("base-gem-bf16", "recipe", "baseline", "gem", "bf16"),
 )
 BY_NAME = {variant.name: variant for variant in VARIANTS}
 # (numerator, denominator, goal): frames/s ratios printed under the table
@@ -124,6 +127,7 @@ RATIOS = (
     ("gem-fp32", "base-gem-fp32", 1.2),
     ("gem-bf16", "base-gem-fp32", 1.8),
     ("td3-fp32", "base-td3-fp32", None),
+    ("gem-bf16", "base-gem-bf16", None),
     ("td3-bf16", "base-td3-fp32", None),
     ("gem-fp32", "gem-fp32-eager", None),
     ("gem-bf16", "gem-bf16-eager", None),
@@ -257,13 +261,14 @@ def recipe_worker(variant: Variant, args: argparse.Namespace, channel: Channel):
         "logger.progress_bar=false",
         "checkpoint.interval=0",
     ]
-    if variant.code == "current":
-        overrides.append(f"optim.precision={variant.precision}")
-        if variant.compile is not None:
-            overrides.append(f"optim.compile={str(variant.compile).lower()}")
+    if variant.code == "current" and variant.compile is not None:
+        overrides.append(f"optim.compile={str(variant.compile).lower()}")
     cfg = gem_mujoco.load_config(overrides)
-    precision = "fp32"
-    if variant.code == "current":
+    if "precision" in cfg.optim:  # 99ab704 had no such option: fp32
+        precision_override = f"optim.precision={variant.precision}"
+        cfg = gem_mujoco.load_config([*overrides, precision_override])
+    precision = str(cfg.optim.get("precision", "fp32"))
+    if variant.code == "current":  # with the fallback where bf16 is slow
         from builders import network_precision
 
         precision = network_precision(cfg)
@@ -642,7 +647,7 @@ def baseline_checkout(args, scratch: Path) -> tuple[Path, bool]:
     path = scratch / "baseline"
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path)]
-        + [BASELINE_COMMIT],
+        + [args.baseline_commit],
         check=True,
         capture_output=True,
     )
@@ -706,7 +711,7 @@ def coordinate(args: argparse.Namespace) -> None:
     try:
         if any(variant.code == "baseline" for variant in variants):
             baseline, created = baseline_checkout(args, scratch)
-            print(f"baseline: commit {BASELINE_COMMIT} at {baseline}")
+            print(f"baseline: commit {args.baseline_commit} at {baseline}")
         for variant in variants:
             root = baseline if variant.code == "baseline" else ROOT
             workers.append(Worker(variant, root, args, scratch))
@@ -750,8 +755,14 @@ def main() -> None:
         help=f"comma-separated, of {','.join(BY_NAME)}",
     )
     parser.add_argument(
+        "--baseline-commit",
+        default=BASELINE_COMMIT,
+        help="the commit of the base-* variants (base-gem-bf16 needs one with "
+        f"optim.precision); default {BASELINE_COMMIT}",
+    )
+    parser.add_argument(
         "--baseline-path",
-        help=f"a checkout of {BASELINE_COMMIT}; default: a temporary git worktree",
+        help="a checkout of the baseline commit; default: a temporary git worktree",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--fds", help=argparse.SUPPRESS)

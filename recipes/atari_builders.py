@@ -1,7 +1,8 @@
-"""The ``make_*`` builders of the Atari recipe: envs, agents, memory, exploration.
+"""The ``make_*`` builders of the Atari recipe: agents, memory, exploration.
 
-Each reads the composed config (``atari_config.py``). The collector and the run
-plumbing are the shared ones (``builders.make_collector``, ``runs.py``).
+Each reads the composed config (``atari_config.py``). The environment and the
+collector are built in ``interaction.py``, the run plumbing is ``runs.py``: both
+shared with the MuJoCo recipe.
 """
 
 from __future__ import annotations
@@ -9,21 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from interaction import PIXELS
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase, TensorDictSequential
 from torchrl import timeit
-from torchrl.envs import (
-    CatFrames,
-    Compose,
-    GymWrapper,
-    RenameTransform,
-    RewardClipping,
-    RewardSum,
-    StepCounter,
-    TransformedEnv,
-    UnsqueezeTransform,
-)
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import EGreedyModule, QValueActor
 from torchrl.objectives import DQNLoss
@@ -31,57 +22,6 @@ from torchrl.trainers import DefaultOptimizationStepper, Trainer, TrainerHookBas
 
 from torchrl_gem import GEMDQNLoss, make_gem_dqn_policy, make_nature_cnn_qnet
 from torchrl_gem.frames import FrameEpisodicMemory
-
-PIXELS = "pixels"  # the stacked-frame observation key, what the Q-networks read
-
-
-# ---------------------------------------------------------------------------
-# Environments
-# ---------------------------------------------------------------------------
-def make_atari_env(cfg: DictConfig, seed: int, *, clip_rewards: bool) -> TransformedEnv:
-    """An ALE game with the paper's preprocessing, as a TorchRL env.
-
-    Gymnasium's ``AtariPreprocessing`` does what TorchRL's transforms cannot (frame
-    skip with a max-pool over the last two frames, INTER_AREA resize) on an id made
-    with frame skip 1 and the sticky-action probability of ``env``; TorchRL's
-    transforms then stack frames (``CatFrames``, padded at reset with the first
-    frame), count steps, sum the raw rewards (``episode_reward``) and, for the
-    training env, clip the learning reward to [-1, 1] after that sum.
-    ``done``/``terminated``/``truncated`` stay distinct: the 27k-step cap (ALE's
-    ``max_num_frames_per_episode``) is a truncation.
-    """
-    import ale_py
-    import gymnasium
-
-    gymnasium.register_envs(ale_py)
-    env_cfg = cfg.env
-    game = gymnasium.make(
-        env_cfg.name,
-        frameskip=1,  # AtariPreprocessing skips, with the max-pool
-        repeat_action_probability=env_cfg.repeat_action_probability,
-        max_num_frames_per_episode=env_cfg.max_episode_steps * env_cfg.frame_skip,
-    )
-    game = gymnasium.wrappers.AtariPreprocessing(
-        game,
-        noop_max=env_cfg.noop_max,
-        frame_skip=env_cfg.frame_skip,
-        screen_size=env_cfg.screen_size,
-        terminal_on_life_loss=False,  # an episode is the whole game, as released
-        grayscale_obs=True,
-        scale_obs=False,  # uint8 frames: the Q-networks scale by 1/255
-    )
-    transforms = [
-        RenameTransform(["observation"], [PIXELS]),
-        UnsqueezeTransform(-3, in_keys=[PIXELS]),  # [84, 84] -> [1, 84, 84]
-        CatFrames(N=env_cfg.frame_stack, dim=-3, in_keys=[PIXELS]),
-        StepCounter(),
-        RewardSum(),  # raw game score, before the clipping below
-    ]
-    if clip_rewards and env_cfg.clip_rewards:
-        transforms.append(RewardClipping(-1.0, 1.0))
-    env = TransformedEnv(GymWrapper(game), Compose(*transforms))
-    env.set_seed(seed)
-    return env
 
 
 # ---------------------------------------------------------------------------

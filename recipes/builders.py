@@ -1,4 +1,4 @@
-"""The ``make_*`` builders of the recipes: environments, agents, memories, optimisers.
+"""The ``make_*`` builders of the MuJoCo recipe: agents, memories, optimisers.
 
 Each reads the composed config (``config.py``); ``cfg.algo`` is the chosen variant of
 the ``algo`` config group. A new loss is one builder in :data:`LOSS_BUILDERS`, the
@@ -11,27 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from config import ConfigError, compile_enabled
+from config import compile_enabled
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
 from torch import nn
-from torchrl import timeit
-from torchrl.collectors import Collector
 from torchrl.data import (
     Bounded,
     LazyMemmapStorage,
     LazyTensorStorage,
     RandomSampler,
     TensorDictReplayBuffer,
-)
-from torchrl.envs import (
-    Compose,
-    DoubleToFloat,
-    GymEnv,
-    RewardSum,
-    StepCounter,
-    TransformedEnv,
 )
 from torchrl.modules import AdditiveGaussianModule, ProbabilisticActor, TanhNormal
 from torchrl.objectives import DDPGLoss, SACLoss, SoftUpdate, TD3Loss
@@ -48,47 +38,6 @@ from torchrl_gem._ensemble import call_ensemble
 from torchrl_gem.estimator import default_twin_groups
 from torchrl_gem.sil import SelfImitationHook, SelfImitationLoss
 from torchrl_gem.trainer import BulkTargetUpdateHook
-
-
-# ---------------------------------------------------------------------------
-# Environments
-# ---------------------------------------------------------------------------
-def make_env(cfg: DictConfig, seed: int) -> TransformedEnv:
-    """GymEnv + float32 observations + episode step counter + episode return.
-
-    ``done``, ``terminated`` (no bootstrap) and ``truncated`` (the time limit) stay
-    distinct, as Gymnasium reports them.
-    """
-    try:
-        base = GymEnv(cfg.env.name, max_episode_steps=cfg.env.max_episode_steps)
-    except Exception as err:  # noqa: BLE001 - any failure is reported with the field
-        raise ConfigError(f"env.name: cannot create {cfg.env.name!r}: {err}") from err
-    env = TransformedEnv(base, Compose(DoubleToFloat(), StepCounter(), RewardSum()))
-    env.set_seed(seed)
-    return env
-
-
-def action_half_range(env: TransformedEnv, name: str) -> tuple[Bounded, torch.Tensor]:
-    """The bounded action spec and its half-range (normalised noise -> env units)."""
-    spec = env.action_spec
-    if not (
-        isinstance(spec, Bounded)
-        and bool(torch.isfinite(spec.space.low).all())
-        and bool(torch.isfinite(spec.space.high).all())
-    ):
-        raise ConfigError(
-            f"env.name: {name} needs a bounded continuous action space, got "
-            f"{type(spec).__name__}"
-        )
-    if env.observation_spec["observation"].ndim != 1:
-        raise ConfigError(f"env.name: {name} needs a flat 'observation'")
-    half_range = (spec.space.high - spec.space.low) / 2
-    if not bool((half_range == half_range[0]).all()):
-        raise ConfigError(
-            f"env.name: {name} has action bounds of different widths; the "
-            "normalised noise settings need equal half-ranges"
-        )
-    return spec, half_range
 
 
 # ---------------------------------------------------------------------------
@@ -401,33 +350,6 @@ def make_exploration_policy(actor, spec: Bounded, sigma: torch.Tensor):
         std=sigma.tolist(),
     )
     return TensorDictSequential(actor, noise)
-
-
-def make_collector(cfg: DictConfig, env, policy) -> Collector:
-    """Uniform random actions for the warm-up, then ``policy``; timed as "collect".
-
-    ``collector.backend`` process or ray, several envs per worker, or networks off
-    the CPU: ``scaling.make_collector`` (TorchRL's multiprocess / Ray collectors).
-    """
-    col = cfg.collector  # .get: the Atari recipe's config has no network section
-    if (
-        col.get("backend", "single") != "single"
-        or col.get("envs_per_worker", 1) > 1
-        or cfg.get("network", {}).get("device", "cpu") != "cpu"
-    ):
-        from scaling import make_collector as make_scaled_collector
-
-        return make_scaled_collector(cfg, env, policy)
-    return Collector(
-        env,
-        policy,
-        frames_per_batch=cfg.collector.frames_per_batch,
-        total_frames=cfg.collector.total_frames,
-        init_random_frames=cfg.collector.init_random_frames or None,
-        pre_collect_hook=lambda: timeit.mark_start("collect"),
-        post_collect_hook=lambda batch: timeit.mark_end("collect"),
-        auto_register_policy_transforms=False,  # no recurrent policy: nothing to add
-    )
 
 
 def make_memory(cfg: DictConfig):

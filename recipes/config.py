@@ -43,7 +43,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import torch
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -665,6 +668,82 @@ LOGGER_PACKAGES = {
 }
 
 
+# optional package -> the extra (pyproject.toml) that installs it
+EXTRAS = {"ray": "ray"}
+
+
+def require_extra(module: str, field_path: str, why: str) -> None:
+    """A ``ConfigError`` naming ``field_path`` and the extra if ``module`` is absent."""
+    if importlib.util.find_spec(module) is None:
+        extra = EXTRAS.get(module, module)
+        raise ConfigError(
+            f"{field_path}: {why} needs the {module!r} package: "
+            f'pip install -e ".[{extra}]"'
+        )
+
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def check_device(name: str, field_path: str) -> torch.device:
+    """``cpu`` | ``cuda`` | ``cuda:<n>``, present on this machine, as a device."""
+    if not _DEVICE.match(str(name)):
+        raise ConfigError(
+            f"{field_path}: unknown device {name!r}; use cpu, cuda or cuda:<index>"
+        )
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"{field_path}: {name} is requested but this machine has no CUDA "
+                f"device (torch {torch.__version__}); use {field_path}=cpu"
+            )
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{field_path}: {name} does not exist, this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device
+
+
+def check_scaling(cfg: DictConfig) -> None:
+    """Rules of the collector layout and the devices; raises ``ConfigError``."""
+    col = cfg.collector
+    envs = col.num_workers * col.envs_per_worker
+    if col.backend == "single" and col.num_workers != 1:
+        raise ConfigError(
+            "collector.num_workers: the single backend runs one collector in this "
+            f"process, got {col.num_workers}; use collector.backend=process or ray"
+        )
+    if col.frames_per_batch % envs:
+        raise ConfigError(
+            f"collector.frames_per_batch: {col.frames_per_batch} frames do not split "
+            f"evenly over num_workers * envs_per_worker = {envs} environments; use a "
+            "multiple of it"
+        )
+    if col.backend == "ray":
+        require_extra("ray", "collector.backend", "collector.backend=ray")
+    if col.ray_address is not None and col.backend != "ray":
+        raise ConfigError(
+            "collector.ray_address: only read by collector.backend=ray, got "
+            f"backend={col.backend}"
+        )
+    network = check_device(cfg.network.device, "network.device")
+    memory = check_device(cfg.memory.device, "memory.device")
+    if cfg.algo.memory == "episodic" and memory != network:
+        raise ConfigError(
+            f"memory.device: the episodic memory's refresh runs the target networks "
+            f"over the stored states, so it must sit with them on network.device="
+            f"{cfg.network.device}, got {cfg.memory.device}"
+        )
+    if cfg.memory.storage == "memmap" and memory.type != "cpu":
+        raise ConfigError(
+            "memory.device: a memmap storage lives on disk (cpu); use "
+            "memory.storage=tensor for a CUDA memory"
+        )
+
+
 def check_algo(algo: DictConfig, field_path: str = "algo") -> None:
     """Combinations of an ``AlgoConfig``'s fields that cannot run."""
     if algo.returns == Returns.tbp:
@@ -803,11 +882,9 @@ def check_config(cfg: DictConfig) -> None:
 
     The schema walk first (ranges, stray keys), then the rules across fields (the
     algo's, the shared sections' with the checkpoint to resume, the collector layout
-    and devices: ``scaling.check_scaling``), then the
+    and devices: ``check_scaling``), then the
     environment id. Types and choices were checked by composition (``load_config``).
     """
-    from scaling import check_scaling  # collector layout, devices, extras
-
     check_schema(cfg, MujocoConfig)
     check_algo(cfg.algo)
     check_compile(cfg)
@@ -839,8 +916,6 @@ def config_error(err: BaseException, schema: type = MujocoConfig) -> ConfigError
     errors carrying a ``full_key``: a value of the wrong type, a string outside an
     enum's choices, a key that the schema lacks. Anything else keeps its message.
     """
-    from hydra.errors import MissingConfigException
-
     for cause in _chain(err):
         if isinstance(cause, MissingConfigException) and cause.options:
             group, _, choice = str(cause.missing_cfg_file).rpartition("/")
@@ -878,9 +953,6 @@ def load_config(
     defaults to ``recipes/`` (the MuJoCo recipe; the Atari one lives in
     ``recipes/atari/``).
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-
     with initialize_config_dir(str(config_dir), version_base="1.3"):
         try:
             return compose(config_name=config_name, overrides=list(overrides))

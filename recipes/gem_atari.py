@@ -36,14 +36,13 @@ from atari_builders import (
     EpsilonSchedule,
     TimedStepper,
     make_agent,
-    make_atari_env,
     make_exploration_policy,
     make_memory,
     make_optimizer,
 )
 from atari_config import ATARI_CONFIG, ATARI_DIR, check_atari_config
 from atari_config import load_atari_config as load_config  # noqa: F401 - for tests
-from builders import make_collector
+from interaction import make_atari_env, make_collector
 from logs import make_logger
 from omegaconf import DictConfig
 from torchrl.trainers import ReplayBufferTrainer, Trainer, UpdateWeights

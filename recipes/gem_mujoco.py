@@ -47,12 +47,9 @@ import hydra
 import torch
 from builders import (
     STEP_METHODS,
-    action_half_range,
     critic_groups,
     make_agent,
-    make_collector,
     make_critic_probe,
-    make_env,
     make_exploration_policy,
     make_memory,
     make_optimizers,
@@ -65,9 +62,10 @@ from config import (  # noqa: F401 - ConfigError, check_config: for tests
     compile_enabled,
     load_config,
 )
+from interaction import action_half_range, collector_steps, make_collector, make_env
+from launchers import check_launcher, sweep_threads
 from logs import make_logger
 from omegaconf import DictConfig
-from scaling import check_launcher, collector_steps, sweep_threads
 from torchrl.trainers import ReplayBufferTrainer, Trainer, UpdateWeights
 
 from runs import (

@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 from config import ConfigError, plain, resolve_checkpoint_path
+from hydra.core.hydra_config import HydraConfig
 from logs import flat_hparams, wandb_run_id
 from omegaconf import DictConfig, OmegaConf
+from plot import plot_runs
 from torchrl import timeit
 
 from torchrl_gem.checkpoint import (
@@ -95,8 +97,6 @@ def resolve_run_dir(cfg: DictConfig, resumed: dict | None) -> Path:
         return Path(cfg.logger.run_dir)
     if resumed is not None and Path(resumed["run_dir"]).is_dir():
         return Path(resumed["run_dir"])  # keep appending to the interrupted run's logs
-    from hydra.core.hydra_config import HydraConfig
-
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -105,8 +105,6 @@ def resolve_run_dir(cfg: DictConfig, resumed: dict | None) -> Path:
 
 def resume_command(path: Path | None) -> str:
     """The command line that continues this run from ``path``."""
-    from hydra.core.hydra_config import HydraConfig
-
     overrides = ["<same overrides>"]
     if HydraConfig.initialized():
         overrides = [
@@ -273,8 +271,6 @@ def train_and_summarise(
         "resume_hint": None if finished else resume_command(checkpointer.path),
     }
     if cfg.logger.plot and finished:
-        from plot import plot_runs
-
         out = run_dir / "curves.png"
         plot_runs([run_dir], out, quiet=True)
         summary["plot"] = str(out)

@@ -23,8 +23,8 @@ pytest.importorskip("hydra")
 import atari_builders  # noqa: E402 - recipes/ is on pytest's pythonpath
 import atari_config  # noqa: E402
 import gem_atari as recipe  # noqa: E402
-from builders import make_collector  # noqa: E402
 from config import ConfigError  # noqa: E402
+from interaction import make_atari_env, make_collector  # noqa: E402
 
 from torchrl_gem import EpisodicMemory  # noqa: E402
 from torchrl_gem.checkpoint import read_checkpoint  # noqa: E402
@@ -230,7 +230,7 @@ def test_memory_rebuilds_what_the_ale_env_stacked():
         "collector.init_random_frames=90",
         "collector.frames_per_batch=9",
     )
-    env = atari_builders.make_atari_env(cfg, 0, clip_rewards=True)
+    env = make_atari_env(cfg, 0, clip_rewards=True)
     loss, greedy = atari_builders.make_agent(cfg, env.action_spec)
     policy = atari_builders.make_exploration_policy(cfg, greedy, env.action_spec)
     memory = FrameEpisodicMemory(capacity=40, sample_unrefreshed=True, check_finite=())
@@ -249,8 +249,8 @@ def test_memory_rebuilds_what_the_ale_env_stacked():
 
 def test_learning_rewards_clipped_raw_scores_kept():
     cfg = config("env.name=ALE/SpaceInvaders-v5")
-    train_env = atari_builders.make_atari_env(cfg, 0, clip_rewards=True)
-    eval_env = atari_builders.make_atari_env(cfg, 0, clip_rewards=False)
+    train_env = make_atari_env(cfg, 0, clip_rewards=True)
+    eval_env = make_atari_env(cfg, 0, clip_rewards=False)
     torch.manual_seed(0)
     actions = [train_env.action_spec.rand() for _ in range(250)]
 

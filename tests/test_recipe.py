@@ -241,7 +241,7 @@ def test_bf16_run_trains(tmp_path, monkeypatch, torchrl_log):
         used.append(mode)
         return precision.autocast(mode, device)
 
-    monkeypatch.setattr("torchrl_gem.trainer.autocast", spy)  # DelayedActorStepper
+    monkeypatch.setattr("torchrl_gem.schedule.autocast", spy)  # DelayedActorStepper
     monkeypatch.setattr("torchrl_gem.estimator.autocast", spy)  # the refresh
     summary = run(tiny("gem", tmp_path, "optim.precision=bf16"))
     assert summary["status"] == "finished"

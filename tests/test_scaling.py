@@ -21,8 +21,9 @@ from conftest import tiny_mujoco_run
 pytest.importorskip("mujoco")
 pytest.importorskip("hydra")
 
+import config  # noqa: E402
 import gem_mujoco as recipe  # noqa: E402 - recipes/ is on pytest's pythonpath
-import scaling  # noqa: E402
+import interaction  # noqa: E402
 from config import ConfigError  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 
@@ -90,13 +91,13 @@ def test_worker_batches_flatten_rows_and_interleave_ids():
         {"collector": {"traj_ids": ids.clone()}, "step_count": torch.zeros(2, time)},
         batch_size=[2, time],
     )
-    out = scaling.WorkerBatches(num_workers=2, interleave_ids=True)(batch)
+    out = interaction.WorkerBatches(num_workers=2, interleave_ids=True)(batch)
     assert out.get(("collector", "traj_ids")).tolist() == [
         [0, 0, 2, 2, 2],
         [1, 1, 1, 3, 3],
     ]
     stacked = TensorDict({"x": torch.arange(24).view(2, 3, 4)}, batch_size=[2, 3, 4])
-    flat = scaling.WorkerBatches(num_workers=2, interleave_ids=False)(stacked)
+    flat = interaction.WorkerBatches(num_workers=2, interleave_ids=False)(stacked)
     assert flat.shape == (6, 4) and torch.equal(flat["x"][4], torch.arange(16, 20))
 
 
@@ -126,9 +127,9 @@ def test_cuda_requested_without_a_gpu(tmp_path):
 
 
 def test_missing_ray_names_the_extra(tmp_path, monkeypatch):
-    find_spec = scaling.importlib.util.find_spec
+    find_spec = config.importlib.util.find_spec
     monkeypatch.setattr(
-        scaling.importlib.util,
+        config.importlib.util,
         "find_spec",
         lambda name, *a: None if name == "ray" else find_spec(name, *a),
     )

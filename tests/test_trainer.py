@@ -8,7 +8,7 @@ from tensordict import TensorDict
 from torchrl.data import Bounded
 
 import torchrl_gem.trainer as gem_trainer
-from torchrl_gem import GEMLoss, make_gem_actor, make_gem_critics
+from torchrl_gem import GEMLoss, make_gem_actor, make_gem_critics, schedule
 from torchrl_gem.trainer import BulkTargetUpdateHook, FiniteCheckHook
 
 
@@ -56,7 +56,7 @@ def test_bulk_target_update_equals_sequential_polyak_steps():
             loss.actor_network_params.apply(lambda p: p.add_(torch.randn_like(p)))
             loss.qvalue_network_params.apply(lambda p: p.add_(torch.randn_like(p)))
     BulkTargetUpdateHook(bulk, tau=0.005, num_updates=200)()
-    one_step = gem_trainer._soft_update(sequential, 0.005)
+    one_step = schedule._soft_update(sequential, 0.005)
     for _ in range(200):
         one_step.step()
     for name in ("target_actor_network_params", "target_qvalue_network_params"):

@@ -1,6 +1,11 @@
-"""Scale-out of the recipes on TorchRL's own engines: collector backends, devices.
+"""Environments and the collectors that step them, for both recipes.
 
-``collector.backend`` picks the engine that steps the environments:
+Environments: the MuJoCo tasks (:func:`make_env`: float32 observations, a step
+counter, the episode return) and the ALE games with the paper's preprocessing
+(:func:`make_atari_env`).
+
+``collector.backend`` picks the engine that steps them (:func:`make_collector`, one
+factory for every layout):
 
 - ``single``: :class:`torchrl.collectors.Collector` in the learner's process (one
   env, or a ``SerialEnv`` of ``collector.envs_per_worker``);
@@ -16,21 +21,21 @@ this process and pushes the new policy weights through the collector's
 ``update_policy_weights_`` (TorchRL's weight-sync schemes: shared memory for
 processes, the Ray object store for actors).
 
-What the recipe adapts, in :class:`WorkerBatches` (the collector's ``postproc``):
+What the recipes adapt, in :class:`WorkerBatches` (the worker backends' ``postproc``):
 the stacked ``[workers, envs, T]`` batch becomes ``[workers * envs, T]`` rows, one
 contiguous time series per environment, the layout ``EpisodicMemory.extend`` reads.
 Trajectory ids: the process collector draws them from one shared pool (unique
 already); Ray actors each count from 0, so their ids are made unique by interleaving
 (``id * workers + worker``). Episode boundaries are the environments' own
 ``done``/``terminated``/``truncated`` flags, untouched.
+
+This module imports nothing of the recipes but ``config`` (for ``ConfigError``).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -39,88 +44,112 @@ from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from torchrl import timeit
 from torchrl.collectors import Collector
-from torchrl.envs import SerialEnv
+from torchrl.data import Bounded
+from torchrl.envs import (
+    CatFrames,
+    Compose,
+    DoubleToFloat,
+    GymEnv,
+    GymWrapper,
+    RenameTransform,
+    RewardClipping,
+    RewardSum,
+    SerialEnv,
+    StepCounter,
+    TransformedEnv,
+    UnsqueezeTransform,
+)
 
 HERE = Path(__file__).resolve().parent
 TRAJ_KEY = ("collector", "traj_ids")
-
-# optional package -> the extra (pyproject.toml) that installs it
-EXTRAS = {"ray": "ray"}
-
-
-def require_extra(module: str, field_path: str, why: str) -> None:
-    """A ``ConfigError`` naming ``field_path`` and the extra if ``module`` is absent."""
-    if importlib.util.find_spec(module) is None:
-        extra = EXTRAS.get(module, module)
-        raise ConfigError(
-            f"{field_path}: {why} needs the {module!r} package: "
-            f'pip install -e ".[{extra}]"'
-        )
+PIXELS = "pixels"  # the Atari stacked-frame observation key, what the Q-networks read
 
 
 # ---------------------------------------------------------------------------
-# Devices
+# Environments
 # ---------------------------------------------------------------------------
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+def make_env(cfg: DictConfig, seed: int) -> TransformedEnv:
+    """GymEnv + float32 observations + episode step counter + episode return.
+
+    ``done``, ``terminated`` (no bootstrap) and ``truncated`` (the time limit) stay
+    distinct, as Gymnasium reports them.
+    """
+    try:
+        base = GymEnv(cfg.env.name, max_episode_steps=cfg.env.max_episode_steps)
+    except Exception as err:  # noqa: BLE001 - any failure is reported with the field
+        raise ConfigError(f"env.name: cannot create {cfg.env.name!r}: {err}") from err
+    env = TransformedEnv(base, Compose(DoubleToFloat(), StepCounter(), RewardSum()))
+    env.set_seed(seed)
+    return env
 
 
-def check_device(name: str, field_path: str) -> torch.device:
-    """``cpu`` | ``cuda`` | ``cuda:<n>``, present on this machine, as a device."""
-    if not _DEVICE.match(str(name)):
+def action_half_range(env: TransformedEnv, name: str) -> tuple[Bounded, torch.Tensor]:
+    """The bounded action spec and its half-range (normalised noise -> env units)."""
+    spec = env.action_spec
+    if not (
+        isinstance(spec, Bounded)
+        and bool(torch.isfinite(spec.space.low).all())
+        and bool(torch.isfinite(spec.space.high).all())
+    ):
         raise ConfigError(
-            f"{field_path}: unknown device {name!r}; use cpu, cuda or cuda:<index>"
+            f"env.name: {name} needs a bounded continuous action space, got "
+            f"{type(spec).__name__}"
         )
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                f"{field_path}: {name} is requested but this machine has no CUDA "
-                f"device (torch {torch.__version__}); use {field_path}=cpu"
-            )
-        index = device.index or 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"{field_path}: {name} does not exist, this machine has "
-                f"{torch.cuda.device_count()} CUDA device(s)"
-            )
-    return device
+    if env.observation_spec["observation"].ndim != 1:
+        raise ConfigError(f"env.name: {name} needs a flat 'observation'")
+    half_range = (spec.space.high - spec.space.low) / 2
+    if not bool((half_range == half_range[0]).all()):
+        raise ConfigError(
+            f"env.name: {name} has action bounds of different widths; the "
+            "normalised noise settings need equal half-ranges"
+        )
+    return spec, half_range
 
 
-def check_scaling(cfg: DictConfig) -> None:
-    """Rules of the collector layout and the devices; raises ``ConfigError``."""
-    col = cfg.collector
-    envs = col.num_workers * col.envs_per_worker
-    if col.backend == "single" and col.num_workers != 1:
-        raise ConfigError(
-            "collector.num_workers: the single backend runs one collector in this "
-            f"process, got {col.num_workers}; use collector.backend=process or ray"
-        )
-    if col.frames_per_batch % envs:
-        raise ConfigError(
-            f"collector.frames_per_batch: {col.frames_per_batch} frames do not split "
-            f"evenly over num_workers * envs_per_worker = {envs} environments; use a "
-            "multiple of it"
-        )
-    if col.backend == "ray":
-        require_extra("ray", "collector.backend", "collector.backend=ray")
-    if col.ray_address is not None and col.backend != "ray":
-        raise ConfigError(
-            "collector.ray_address: only read by collector.backend=ray, got "
-            f"backend={col.backend}"
-        )
-    network = check_device(cfg.network.device, "network.device")
-    memory = check_device(cfg.memory.device, "memory.device")
-    if cfg.algo.memory == "episodic" and memory != network:
-        raise ConfigError(
-            f"memory.device: the episodic memory's refresh runs the target networks "
-            f"over the stored states, so it must sit with them on network.device="
-            f"{cfg.network.device}, got {cfg.memory.device}"
-        )
-    if cfg.memory.storage == "memmap" and memory.type != "cpu":
-        raise ConfigError(
-            "memory.device: a memmap storage lives on disk (cpu); use "
-            "memory.storage=tensor for a CUDA memory"
-        )
+def make_atari_env(cfg: DictConfig, seed: int, *, clip_rewards: bool) -> TransformedEnv:
+    """An ALE game with the paper's preprocessing, as a TorchRL env.
+
+    Gymnasium's ``AtariPreprocessing`` does what TorchRL's transforms cannot (frame
+    skip with a max-pool over the last two frames, INTER_AREA resize) on an id made
+    with frame skip 1 and the sticky-action probability of ``env``; TorchRL's
+    transforms then stack frames (``CatFrames``, padded at reset with the first
+    frame), count steps, sum the raw rewards (``episode_reward``) and, for the
+    training env, clip the learning reward to [-1, 1] after that sum.
+    ``done``/``terminated``/``truncated`` stay distinct: the 27k-step cap (ALE's
+    ``max_num_frames_per_episode``) is a truncation.
+    """
+    import ale_py
+    import gymnasium
+
+    gymnasium.register_envs(ale_py)
+    env_cfg = cfg.env
+    game = gymnasium.make(
+        env_cfg.name,
+        frameskip=1,  # AtariPreprocessing skips, with the max-pool
+        repeat_action_probability=env_cfg.repeat_action_probability,
+        max_num_frames_per_episode=env_cfg.max_episode_steps * env_cfg.frame_skip,
+    )
+    game = gymnasium.wrappers.AtariPreprocessing(
+        game,
+        noop_max=env_cfg.noop_max,
+        frame_skip=env_cfg.frame_skip,
+        screen_size=env_cfg.screen_size,
+        terminal_on_life_loss=False,  # an episode is the whole game, as released
+        grayscale_obs=True,
+        scale_obs=False,  # uint8 frames: the Q-networks scale by 1/255
+    )
+    transforms = [
+        RenameTransform(["observation"], [PIXELS]),
+        UnsqueezeTransform(-3, in_keys=[PIXELS]),  # [84, 84] -> [1, 84, 84]
+        CatFrames(N=env_cfg.frame_stack, dim=-3, in_keys=[PIXELS]),
+        StepCounter(),
+        RewardSum(),  # raw game score, before the clipping below
+    ]
+    if clip_rewards and env_cfg.clip_rewards:
+        transforms.append(RewardClipping(-1.0, 1.0))
+    env = TransformedEnv(GymWrapper(game), Compose(*transforms))
+    env.set_seed(seed)
+    return env
 
 
 # ---------------------------------------------------------------------------
@@ -133,8 +162,6 @@ def env_seed(cfg: DictConfig, worker: int, env: int) -> int:
 
 def make_worker_env(cfg: DictConfig, worker: int):
     """The environment(s) one worker steps: an env, or a SerialEnv of several."""
-    from builders import make_env  # here: runs inside the worker process / actor
-
     count = cfg.collector.envs_per_worker
     if count == 1:
         return make_env(cfg, env_seed(cfg, worker, 0))
@@ -219,56 +246,53 @@ def ray_actor_options() -> dict:
     return {"num_cpus": 1, "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
 
 
-def make_collector(cfg: DictConfig, env, policy):
-    """The collector of ``collector.backend``; random warm-up, then ``policy``.
+def make_collector(cfg: DictConfig, env, policy) -> Collector:
+    """The collector of ``collector.backend``: uniform random actions for the warm-up,
+    then ``policy``.
 
-    ``env`` (the learner's own env) is stepped by the single backend only; the other
-    backends build theirs in the workers (:func:`worker_env_makers`).
+    ``env`` (the learner's own env) is stepped by the single backend with one env per
+    worker; the other layouts build theirs (:func:`worker_env_makers`). The networks
+    may sit off the CPU: the envs step on the CPU with a CPU copy of the policy,
+    synced each cycle. The Atari recipe's collector section has no layout fields:
+    the single backend with one env.
     """
     col = cfg.collector
+    backend = col.get("backend", "single")
     common = {
         "frames_per_batch": col.frames_per_batch,
         "total_frames": col.total_frames,
         "init_random_frames": col.init_random_frames or None,
-        "pre_collect_hook": _mark_start,
-        "post_collect_hook": _mark_end,
     }
-    if col.backend == "single":
-        if col.envs_per_worker > 1:
+    on_cpu = {"policy_device": "cpu", "env_device": "cpu", "storing_device": "cpu"}
+    feed_forward = {"auto_register_policy_transforms": False}  # nothing to add
+    if backend == "single":
+        if col.get("envs_per_worker", 1) > 1:
             env = make_worker_env(cfg, 0)
         collector = Collector(
             env,
             policy,
             **common,
-            postproc=WorkerBatches(num_workers=1, interleave_ids=False),
-            policy_device="cpu",  # a CPU copy of a CUDA policy, synced each cycle
-            env_device="cpu",
-            storing_device="cpu",
-            auto_register_policy_transforms=False,  # feed-forward: nothing to add
+            pre_collect_hook=_mark_start,  # the learner waits for the batch: timed
+            post_collect_hook=_mark_end,
+            **on_cpu,
+            **feed_forward,
         )
-        collector.update_policy_weights_()
-        return collector
-    # worker backends: the hooks would time the workers, not the learner's wait
-    common.pop("pre_collect_hook"), common.pop("post_collect_hook")
-    makers = worker_env_makers(cfg)
-    if col.backend == "process":
+    elif backend == "process":  # the workers' time is not the learner's: untimed
         collector = Collector(
-            makers,
+            worker_env_makers(cfg),
             policy,
             backend="process",
             sync=True,  # every worker delivers its share of each batch
             **common,
             postproc=WorkerBatches(num_workers=col.num_workers, interleave_ids=False),
             cat_results="stack",
-            policy_device="cpu",
-            env_device="cpu",
-            storing_device="cpu",
-            auto_register_policy_transforms=False,
+            **on_cpu,
+            **feed_forward,
         )
-    else:
+    else:  # ray
         common["init_random_frames"] = col.init_random_frames  # split over actors
         collector = Collector(
-            makers,
+            worker_env_makers(cfg),
             policy,
             backend="ray",
             sync=True,
@@ -276,10 +300,10 @@ def make_collector(cfg: DictConfig, env, policy):
             postproc=WorkerBatches(num_workers=col.num_workers, interleave_ids=True),
             ray_init_config=ray_init_config(cfg),
             remote_configs=ray_actor_options(),
-            collector_kwargs={"auto_register_policy_transforms": False},
+            collector_kwargs=feed_forward,
             device="cpu",
         )
-    collector.update_policy_weights_()  # the workers start from the learner's actor
+    collector.update_policy_weights_()  # the copies start from the learner's actor
     return collector
 
 
@@ -287,55 +311,3 @@ def collector_steps(cfg: DictConfig) -> bool:
     """Whether the collector steps the learner's ``env`` (exact resume restores it)."""
     col = cfg.collector
     return col.backend == "single" and col.envs_per_worker == 1
-
-
-def sweep_threads() -> int | None:
-    """Torch threads of one run in a Hydra joblib sweep: cores // n_jobs, else None.
-
-    Parallel runs on one machine each get their share of the cores
-    (``optim.num_threads`` set explicitly wins).
-    """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    launcher = hydra_cfg.launcher
-    if hydra_cfg.mode != RunMode.MULTIRUN or "joblib" not in str(
-        launcher.get("_target_", "")
-    ):
-        return None
-    cores = len(os.sched_getaffinity(0))
-    n_jobs = launcher.get("n_jobs") or -1
-    n_jobs = cores if n_jobs < 1 else n_jobs  # -1: one job per core
-    return max(1, cores // n_jobs)
-
-
-# hydra/launcher choice -> (plugin module, how to install it)
-LAUNCHER_PLUGINS = {
-    "local": ("hydra_plugins.hydra_joblib_launcher", 'pip install -e ".[recipes]"'),
-    "joblib": ("hydra_plugins.hydra_joblib_launcher", 'pip install -e ".[recipes]"'),
-    "slurm": ("hydra_plugins.hydra_submitit_launcher", 'pip install -e ".[slurm]"'),
-    "ray_cluster": (
-        "hydra_plugins.hydra_ray_launcher",
-        "pip install hydra-ray-launcher, in an environment of its own (it pins "
-        "cloudpickle<3): docs/scaling.md",
-    ),
-}
-
-
-def check_launcher(argv: list[str]) -> None:
-    """Exit naming the package to install when ``hydra/launcher=<x>`` lacks its plugin.
-
-    Runs before Hydra, whose own message would only say that a target is missing.
-    """
-    for arg in argv:
-        name = arg.partition("hydra/launcher=")[2]
-        if name in LAUNCHER_PLUGINS:
-            module, how = LAUNCHER_PLUGINS[name]
-            if importlib.util.find_spec(module) is None:
-                raise SystemExit(
-                    f"error: hydra/launcher={name} needs Hydra's {module.split('.')[1]}"
-                    f" plugin: {how}"
-                )
