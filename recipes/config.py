@@ -368,6 +368,12 @@ class LoggerConfig:
     progress_bar: bool = True
     # write curves.png (evaluation return vs frames) into the run dir at the end
     plot: bool = True
+    # MuJoCo: log the memory's targets (memory/*), the gradient norms and how often
+    # the evaluated actor acts at its bounds (eval/action_saturation); cheap
+    diagnostics: bool = True
+    # MuJoCo: save the actor's weights at every evaluation (<run_dir>/actors/
+    # frame<N>.pt), to evaluate them again with more episodes (recipes/reevaluate.py)
+    snapshots: bool = False
 
 
 @dataclass

@@ -156,6 +156,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             precision=network_precision(cfg),  # bf16 autocast, or fp32
             device=device,
             compile=compile_enabled(cfg),  # torch.compile the two loss calls
+            grad_norms=cfg.logger.diagnostics,
         ),
         logger=logger,
         progress_bar=False,  # ProgressBar below: resumes at its frame, shows eval
@@ -173,7 +174,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         bulk_target.register(trainer)  # 4. one bulk target update, weight 0.633
     if cfg.algo.returns == "tbp":  # 5. twin returns of every stored transition
         refresh = MemoryRefreshHook(
-            memory, loss.value_estimator, every=cfg.memory.refresh_every
+            memory,
+            loss.value_estimator,
+            every=cfg.memory.refresh_every,
+            diagnostics=cfg.logger.diagnostics,  # memory/*: targets, horizons
         )
         refresh.register(trainer)
     elif cfg.algo.loss == "td3_sil":  # 5. Monte-Carlo returns of the stored episodes
@@ -194,6 +198,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         critic=make_critic_probe(loss),  # overestimation: Q vs discounted returns
         critic_groups=critic_groups(cfg),
         gamma=cfg.optim.gamma,
+        action_bounds=(spec.space.low, spec.space.high)
+        if cfg.logger.diagnostics
+        else None,
+        snapshot_dir=run_dir / "actors" if cfg.logger.snapshots else None,
     )
     evaluation.register(trainer)
     timing = RunTiming()  # 10. time split, carried across resumes

@@ -141,6 +141,8 @@ OLD_SECTIONS = {
         "log_interval": 1000,
         "progress_bar": True,
         "plot": True,
+        "diagnostics": True,
+        "snapshots": False,
     },
     "checkpoint": {"interval": 50_000, "resume": None, "stop_after": None},
 }

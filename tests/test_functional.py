@@ -29,19 +29,22 @@ def oracle(
 ):
     """Enumerate every candidate of the definition, one transition at a time.
 
-    Inputs are [T, 2] / [T, 1] float64 lists; returns a [T, 2] list. A trajectory
-    ends at done, at cut and at the last step; only done ends offer the zero tail.
+    Inputs are [T, 2] / [T, 1] float64 lists; returns two [T, 2] lists: the returns,
+    and the horizon each column is evaluated on (the other estimator's pick). A
+    trajectory ends at done, at cut and at the last step; only done ends offer the
+    zero tail (horizon end - t + 2).
     """
     num_steps = len(reward)
     cut = cut or [False] * num_steps
     horizon = max_horizon if max_horizon is not None else 10**9
-    out = []
+    out, horizons = [], []
     for t in range(num_steps):
         end = t
         while not (done[end] or cut[end]) and end < num_steps - 1:
             end += 1
-        candidates = []  # per n: (G^0, G^1)
+        candidates, lengths = [], []  # per candidate: (G^0, G^1), its n
         for n in range(1, min(end - t + 1, horizon) + 1):
+            lengths.append(n)
             rewards = sum(gamma**j * reward[t + j] for j in range(n))
             last = t + n - 1
             keep = 0.0 if terminated[last] else 1.0
@@ -51,6 +54,7 @@ def oracle(
         if zero_tail and done[end] and end - t + 2 <= horizon:
             tail = sum(gamma**j * reward[t + j] for j in range(end - t + 1))
             candidates.append((tail, tail))
+            lengths.append(end - t + 2)
         best = [
             max(range(len(candidates)), key=lambda i, k=k: (candidates[i][k], -i))
             for k in (0, 1)
@@ -61,7 +65,8 @@ def oracle(
             own_floor = candidates[0][k] if floor == "own" else candidates[0][other]
             row.append(max(candidates[best[other]][k], own_floor))
         out.append(row)
-    return out
+        horizons.append([lengths[best[1]], lengths[best[0]]])
+    return out, horizons
 
 
 def random_case(
@@ -80,21 +85,26 @@ def random_case(
 
 
 def check_against_oracle(gamma, value, reward, done, terminated, cut=None, **kwargs):
-    result = twin_backprop_return(
+    result, horizon = twin_backprop_return(
+        gamma, value, reward, done, terminated, cut=cut, return_horizon=True, **kwargs
+    )
+    plain = twin_backprop_return(
         gamma, value, reward, done, terminated, cut=cut, **kwargs
     )
+    assert torch.equal(plain, result)
     flat = lambda x: x.reshape(-1, *x.shape[-2:])  # noqa: E731
     cuts = flat(cut) if cut is not None else [None] * len(flat(done))
-    for v, r, d, term, c, res in zip(
+    for v, r, d, term, c, res, hor in zip(
         flat(value),
         flat(reward),
         flat(done),
         flat(terminated),
         cuts,
         flat(result),
+        flat(horizon),
         strict=True,
     ):
-        expected = oracle(
+        expected, expected_horizon = oracle(
             gamma,
             v.tolist(),
             r.squeeze(-1).tolist(),
@@ -106,6 +116,7 @@ def check_against_oracle(gamma, value, reward, done, terminated, cut=None, **kwa
         torch.testing.assert_close(
             res, torch.tensor(expected, dtype=res.dtype), rtol=1e-10, atol=1e-10
         )
+        assert hor.tolist() == expected_horizon
 
 
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 0.99, 1.0])

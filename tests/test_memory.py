@@ -129,6 +129,62 @@ def test_refresh_equals_estimator_on_each_whole_trajectory():
         torch.testing.assert_close(mine["memory_return"], expected)
 
 
+def test_refresh_diagnostics_by_episode():
+    """memory/* against each stored episode taken on its own: the mean target, its
+    excess over the discounted reward-to-go of the finished episodes, and the
+    horizons (a loop over candidates per step, from the definition)."""
+    torch.manual_seed(0)
+    gamma = 0.9
+    estimator = (
+        tiny_loss(policy_noise=0.0).make_value_estimator(gamma=gamma).value_estimator
+    )
+    memory = EpisodicMemory(capacity=1000)
+    collector = FakeCollector(num_envs=2, seed=2)
+    for _ in range(6):
+        memory.extend(collector.batch(5))
+    stats = memory.refresh(estimator, diagnostics=True)
+    data = stored(memory)
+    assert memory.refresh(estimator) is None  # no diagnostics unless asked
+    assert torch.equal(stored(memory)["memory_return"], data["memory_return"])
+    targets, excess, horizons = [], [], []
+    for traj in data["collector", "traj_ids"].unique().tolist():
+        steps = data[data["collector", "traj_ids"] == traj]
+        steps = steps[steps["step_count"].squeeze(-1).argsort()]
+        target = steps["memory_return"].double().mean(-1)
+        targets.append(target)
+        reward = steps["next", "reward"].squeeze(-1).double().tolist()
+        finished = bool(steps["next", "done"][-1])
+        values = estimator.next_state_value(steps["next"]).double()  # [T, 2]
+        terminated = steps["next", "terminated"].squeeze(-1).tolist()
+        for t in range(len(reward)):
+            if finished:
+                to_go = sum(gamma ** (j - t) * reward[j] for j in range(t, len(reward)))
+                excess.append(float(target[t]) - to_go)
+            # each estimator's best horizon (ties: the shortest), zero tail aside
+            for k in (0, 1):
+                best_n, best = 1, None
+                for n in range(1, len(reward) - t + 1):
+                    last = t + n - 1
+                    keep = 0.0 if terminated[last] else 1.0
+                    value = sum(gamma**j * reward[t + j] for j in range(n))
+                    value += gamma**n * keep * float(values[last, k])
+                    if best is None or value > best:
+                        best_n, best = n, value
+                horizons.append(best_n)
+    assert stats["memory/target_mean"] == pytest.approx(
+        float(torch.cat(targets).mean()), rel=1e-5
+    )
+    assert excess, "the collector finished no episode"
+    assert stats["memory/target_minus_mc"] == pytest.approx(
+        sum(excess) / len(excess), rel=1e-4, abs=1e-4
+    )
+    assert stats["memory/horizon_mean"] == pytest.approx(sum(horizons) / len(horizons))
+    assert stats["memory/multi_step_fraction"] == pytest.approx(
+        sum(n > 1 for n in horizons) / len(horizons)
+    )
+    assert 0 < stats["memory/multi_step_fraction"] < 1
+
+
 def test_refresh_writes_in_place():
     estimator = tiny_loss().make_value_estimator(gamma=0.9).value_estimator
     memory = EpisodicMemory(capacity=100)

@@ -658,3 +658,42 @@ def test_overestimation_diagnostic_by_hand():
 def test_finished_run_writes_its_plot(tmp_path):
     summary = run(tiny("gem", tmp_path, "logger.plot=true"))
     assert Path(summary["plot"]).read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------- diagnostics
+def test_diagnostics_are_logged_and_actors_reevaluated(tmp_path, capsys):
+    """memory/* targets, gradient norms, action saturation; saved actors evaluated
+    again: the same episodes give the logged return, more episodes a table."""
+    import reevaluate
+
+    run(tiny("gem", tmp_path, "logger.snapshots=true"))
+    for name in (
+        "memory/target_mean",
+        "memory/target_minus_mc",
+        "memory/horizon_mean",
+        "memory/multi_step_fraction",
+        "grad_norm_qvalue",
+        "grad_norm_actor",
+        "eval/action_saturation",
+    ):
+        values = [value for _, value in plot.read_scalar(tmp_path, name)]
+        assert values and all(math.isfinite(v) for v in values), name
+    assert all(v >= 1 for _, v in plot.read_scalar(tmp_path, "memory/horizon_mean"))
+    for name in ("memory/multi_step_fraction", "eval/action_saturation"):
+        assert all(0 <= v <= 1 for _, v in plot.read_scalar(tmp_path, name)), name
+    assert reevaluate.snapshot_frames(tmp_path) == [0, 200, 400]
+    logged = dict(plot.read_scalar(tmp_path, "eval/return_mean"))
+    (same,) = reevaluate.reevaluate(tmp_path, [400], episodes=2)  # as logged
+    assert same["mean"] == pytest.approx(logged[400], rel=1e-6)
+    reevaluate.main([str(tmp_path), "--episodes", "3"])
+    out = capsys.readouterr().out
+    assert "| frame | logged (2 episodes) | mean of 3 ± s.e." in out
+    assert out.count("\n| ") == 4  # header row, then frames 0, 200, 400
+
+
+def test_diagnostics_off_log_none_of_them(tmp_path):
+    run(tiny("gem", tmp_path, "logger.diagnostics=false"))
+    scalars = tmp_path / "logs" / "scalars"
+    assert not (scalars / "memory").exists()
+    assert not (scalars / "grad_norm_qvalue.csv").exists()
+    assert not (scalars / "eval" / "action_saturation.csv").exists()

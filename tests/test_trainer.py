@@ -82,3 +82,46 @@ def test_finite_check_names_env_and_episode_step():
         FiniteCheckHook()(batch)
     assert "'observation' at environment step 8 " in str(err.value)
     assert "env 1, episode step 8" in str(err.value)
+
+
+def test_stepper_returns_the_gradient_norms_it_stepped_with():
+    from conftest import LossHost, tiny_loss, trajectory_batch
+
+    torch.manual_seed(0)
+    loss = tiny_loss()
+    critic_params = list(loss.qvalue_network_params.values(True, True))
+    actor_params = list(loss.actor_network_params.values(True, True))
+    stepper = gem_trainer.DelayedActorStepper(
+        torch.optim.SGD(actor_params, lr=0.0),  # lr 0: the grads stay to be read
+        torch.optim.SGD(critic_params, lr=0.0),
+        grad_norms=True,
+    )
+    batch = trajectory_batch(16, memory_return=True)
+    out = stepper.step(LossHost(loss), batch)
+    by_hand = {  # the actor's action bounds are buffers, without gradients
+        name: torch.cat(
+            [p.grad.reshape(-1) for p in params if p.grad is not None]
+        ).norm()
+        for name, params in (("qvalue", critic_params), ("actor", actor_params))
+    }
+    for name, norm in by_hand.items():
+        assert norm > 0
+        torch.testing.assert_close(out[f"grad_norm_{name}"], norm)
+    second = stepper.step(LossHost(loss), batch)  # no actor step: the latest norm
+    torch.testing.assert_close(second["grad_norm_actor"], by_hand["actor"])
+    quiet = gem_trainer.DelayedActorStepper(
+        torch.optim.SGD(actor_params), torch.optim.SGD(critic_params)
+    )
+    assert sorted(quiet.step(LossHost(loss), batch).keys()) == [
+        "loss_actor",
+        "loss_qvalue",
+    ]
+
+
+def test_action_saturation_counts_components_at_a_bound():
+    hook = gem_trainer.EvaluationHook(
+        None, None, action_bounds=(torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 4.0]))
+    )
+    # half-ranges 1 and 2; within 1% of them from a bound: -0.995, 3.99, 0.01
+    actions = torch.tensor([[-0.995, 3.99], [0.5, 2.0], [0.98, 0.01], [1.0, 1.0]])
+    assert hook.saturation(actions) == pytest.approx(4 / 8)

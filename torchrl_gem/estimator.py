@@ -388,8 +388,12 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         return returns.mean(-1, keepdim=True)
 
     def twin_returns(
-        self, tensordict: TensorDictBase, *, cut: Tensor | None = None
-    ) -> Tensor:
+        self,
+        tensordict: TensorDictBase,
+        *,
+        cut: Tensor | None = None,
+        return_horizon: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """``[*B, T, 2]`` twin returns of the trajectories in ``tensordict``.
 
         Args:
@@ -399,6 +403,8 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             cut (Tensor, optional): ``[*B, T, 1]`` bool, trajectory ends that the
                 environment did not make (they bootstrap and never offer the zero
                 tail). ``None`` finds them from trajectory ids and step counts.
+            return_horizon (bool): also return the ``[*B, T, 2]`` horizons each
+                column is evaluated on (``twin_backprop_return``'s).
         """
         if tensordict.ndim < 1:
             raise ValueError(
@@ -420,6 +426,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             next_td.get(keys.done),
             next_td.get(keys.terminated),
             cut=cut,
+            return_horizon=return_horizon,
         )
 
     def trajectory_cuts(self, tensordict: TensorDictBase) -> Tensor | None:
@@ -460,7 +467,8 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         terminated: Tensor,
         *,
         cut: Tensor | None = None,
-    ) -> Tensor:
+        return_horizon: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Run the functional core with this estimator's options."""
         return twin_backprop_return(
             self.gamma,
@@ -472,6 +480,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             max_horizon=self.max_horizon,
             zero_tail=self.zero_tail,
             floor=self.floor,
+            return_horizon=return_horizon,
         )
 
     @torch.no_grad()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["twin_backprop_return"]
+__all__ = ["discounted_returns", "twin_backprop_return"]
 
 Floor = Literal["own", "selector"]
 
@@ -42,7 +42,8 @@ def twin_backprop_return(
     time_dim: int = -2,
     zero_tail: bool = False,
     floor: Floor = "own",
-) -> Tensor:
+    return_horizon: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Twin back-propagated returns along stored trajectories.
 
     A trajectory ends where the environment ended the episode (``done``), where the
@@ -79,10 +80,14 @@ def twin_backprop_return(
             ``G^k_t(1)``; ``"selector"`` floors it with ``G^{k'}_t(1)``, the one-step
             target of the estimator that selected the horizon, as the released MuJoCo
             code does.
+        return_horizon (bool): also return the horizons. Defaults to ``False``.
 
     Returns:
         A ``[*B, T, 2]`` tensor with the dtype and device of ``next_state_value``,
-        detached from any graph.
+        detached from any graph. With ``return_horizon``, also the ``[*B, T, 2]``
+        long tensor of the horizons that column ``k`` is evaluated on, ``n^{1-k}``
+        (the other estimator's pick, before the floor; the zero-tail candidate of an
+        end ``e`` counts as ``e - t + 2``).
 
     Examples:
         >>> import torch
@@ -114,15 +119,64 @@ def twin_backprop_return(
     lengths = torch.diff(ends, prepend=ends.new_full((1,), -1))
     # the scan is exact whenever the horizon cap removes no candidate
     if max_horizon is None or max_horizon >= int(lengths.max()) + int(zero_tail):
-        selected = _scan(gamma, bootstrap, reward, ends, lengths, tail)
+        selected, horizon = _scan(gamma, bootstrap, reward, ends, lengths, tail)
     else:
-        selected = _horizon_limited(gamma, bootstrap, reward, end, tail, max_horizon)
+        selected, horizon = _horizon_limited(
+            gamma, bootstrap, reward, end, tail, max_horizon
+        )
     one_step = reward + gamma * bootstrap
     # ``selected[..., k]`` is estimator k's horizon evaluated by the other estimator;
     # column k of the result holds estimator k's value, i.e. ``selected[..., 1 - k]``.
     evaluated = selected.flip(-1)
     floor_value = one_step if floor == "own" else one_step.flip(-1)
-    return torch.maximum(evaluated, floor_value).transpose(time_dim, -2)
+    result = torch.maximum(evaluated, floor_value).transpose(time_dim, -2)
+    if not return_horizon:
+        return result
+    return result, horizon.flip(-1).long().transpose(time_dim, -2)
+
+
+@torch.no_grad()
+def discounted_returns(
+    gamma: float, reward: Tensor, done: Tensor, cut: Tensor | None = None
+) -> Tensor:
+    """``[T]`` discounted returns-to-go of ``[T]`` steps laid end to end in time
+    order: ``G_t = r_t + gamma G_{t+1}`` within an episode, no bootstrap.
+
+    An episode ends after a ``done`` step or a ``cut`` one (a running episode's
+    newest step); the last step always ends one. Episodes that did not end with
+    ``done`` get ``NaN``: their return is not known yet.
+
+    Examples:
+        >>> import torch
+        >>> reward = torch.tensor([1.0, 1.0, 2.0, 5.0])
+        >>> done = torch.tensor([False, True, False, False])
+        >>> discounted_returns(0.5, reward, done)
+        tensor([1.5000, 1.0000,    nan,    nan])
+    """
+    reward, done = reward.reshape(-1), done.reshape(-1).bool()
+    if reward.shape != done.shape:
+        raise ValueError(
+            f"reward and done must have as many steps, got {tuple(reward.shape)} "
+            f"and {tuple(done.shape)}."
+        )
+    num_steps = reward.numel()
+    if not num_steps:
+        return reward.clone()
+    end = done.clone() if cut is None else done | cut.reshape(-1).bool()
+    end[-1] = True
+    # pack the episodes left-aligned into [episodes, longest] and scan backwards
+    episode = torch.cat([end.new_zeros(1, dtype=torch.long), end[:-1].cumsum(0)])
+    ends = end.nonzero().squeeze(-1)
+    starts = torch.cat([ends.new_zeros(1), ends[:-1] + 1])
+    position = torch.arange(num_steps, device=reward.device) - starts[episode]
+    longest = int(position.max()) + 1
+    packed = reward.new_zeros(len(ends), longest + 1, dtype=torch.float64)
+    packed[episode, position] = reward.double()
+    for step in range(longest - 1, -1, -1):
+        packed[:, step] += gamma * packed[:, step + 1]
+    out = packed[episode, position].to(reward.dtype)
+    finished = done[ends]  # did each episode end with the environment's done?
+    return torch.where(finished[episode], out, torch.nan)
 
 
 def _scan(
@@ -134,6 +188,9 @@ def _scan(
     tail: Tensor | None,
 ) -> Tensor:
     """Exact O(T) backward scan over the unbounded horizon.
+
+    Returns the other estimator's value at each selector's best horizon, and that
+    horizon (float).
 
     For ``n >= 2`` the candidates obey ``G^k_t(n) = r_t + gamma G^k_{t+1}(n - 1)``, a
     monotone map, so the best candidate at ``t`` is either ``n = 1`` or one step
@@ -180,15 +237,23 @@ def _scan(
         with_tail = tail.reshape(-1)[ends]
         best[with_tail.numpy() if xp is np else with_tail] = 0.0
     evaluated = best
-    outputs = []
+    # the best horizon; 1 before the end makes the zero tail's n = e - t + 2
+    horizon = xp.ones_like(best)
+    outputs, horizons = [], []
     for t in range(longest - 1, -1, -1):
         # n = 1 wins ties (b >= best continuation); a -inf continuation always loses.
         take_one_step = bootstraps[t] >= best
         best = rewards[t] + gamma * xp.maximum(bootstraps[t], best)
         evaluated = rewards[t] + gamma * xp.where(take_one_step, others[t], evaluated)
+        horizon = xp.where(take_one_step, 1.0, horizon + 1.0)
         outputs.append(evaluated)
-    outputs = torch.as_tensor(xp.concatenate(outputs[::-1]), device=packed.device)
-    return outputs[flat_index].reshape(bootstrap.shape)
+        horizons.append(horizon)
+    unpack = lambda blocks: torch.as_tensor(  # noqa: E731
+        xp.concatenate(blocks[::-1]), device=packed.device
+    )[flat_index].reshape(bootstrap.shape)
+    if gamma == 0.0:  # every candidate is r_t: the tie goes to n = 1
+        return unpack(outputs), torch.ones_like(bootstrap)
+    return unpack(outputs), unpack(horizons)
 
 
 def _loop_module(device: torch.device):
@@ -208,10 +273,11 @@ def _horizon_limited(
     """Exact O(T * H) form for a finite horizon: enumerate n = 1 .. H in lockstep.
 
     Returns, like :func:`_scan`, the other estimator's value at each selector's best
-    horizon. Strict ``>`` keeps the shortest horizon on ties.
+    horizon, and that horizon. Strict ``>`` keeps the shortest horizon on ties.
     """
     one_step = reward + gamma * bootstrap
     best, best_other = one_step, one_step.flip(-1)
+    horizon = torch.ones_like(best)
     reward_sum = reward  # sum_{j<n} gamma^j r_{t+j}, for the current n
     alive = torch.ones_like(end)  # candidate n exists at t (no end before t + n - 1)
     discount = 1.0  # gamma^(n - 1)
@@ -223,6 +289,7 @@ def _horizon_limited(
             better = alive & _shift(tail, n - 2, fill=False) & (rewards_only > best)
             best = torch.where(better, rewards_only, best)
             best_other = torch.where(better, rewards_only, best_other)
+            horizon = torch.where(better, float(n), horizon)
         alive = alive & ~_shift(end, n - 2, fill=True)  # no end at t + n - 2
         discount *= gamma
         reward_sum = reward_sum + discount * _shift(reward, n - 1, fill=0.0)
@@ -230,7 +297,8 @@ def _horizon_limited(
         better = alive & (value > best)
         best = torch.where(better, value, best)
         best_other = torch.where(better, value.flip(-1), best_other)
-    return best_other
+        horizon = torch.where(better, float(n), horizon)
+    return best_other, horizon
 
 
 def _shift(x: Tensor, steps: int, fill: float | bool) -> Tensor:

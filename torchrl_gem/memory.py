@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ from torchrl.data import (
 from torchrl.data.replay_buffers import Sampler, Writer
 
 from torchrl_gem.estimator import TwinBackPropEstimator, check_memory_return
+from torchrl_gem.functional import discounted_returns
 
 __all__ = ["EpisodicMemory"]
 
@@ -352,7 +354,9 @@ class EpisodicMemory(TensorDictReplayBuffer):
         self._writer.close_open_episodes()
 
     @torch.no_grad()
-    def refresh(self, estimator: TwinBackPropEstimator) -> None:
+    def refresh(
+        self, estimator: TwinBackPropEstimator, *, diagnostics: bool = False
+    ) -> dict[str, float] | None:
         """Recompute ``memory_return`` of every stored transition, in place.
 
         All trajectories are laid end to end in time order, with an end flag at
@@ -360,16 +364,32 @@ class EpisodicMemory(TensorDictReplayBuffer):
         through ``estimator`` in one call: one batched pass of the target networks
         over every stored next-state and one vectorised backward scan. Timed under
         ``timeit("memory/refresh")``.
+
+        With ``diagnostics`` (a :class:`~torchrl_gem.TwinBackPropEstimator`), returns
+        what the new targets look like (:func:`target_diagnostics`), timed apart
+        under ``timeit("memory/diagnostics")``; else ``None``.
         """
         if not len(self):
-            return
+            return None
         with timeit("memory/refresh"):
             slots, last_step = self._ordered_slots()
             stored = self._writer.written()
             data = stored.select(*estimator.in_keys, strict=True)[slots]
-            returns = estimator.twin_returns(data, cut=last_step.unsqueeze(-1))
+            cut = last_step.unsqueeze(-1)
+            if diagnostics:
+                returns, horizon = estimator.twin_returns(
+                    data, cut=cut, return_horizon=True
+                )
+            else:
+                returns = estimator.twin_returns(data, cut=cut)
             stored.set_at_(self.memory_return_key, returns.to(stored.device), slots)
             self._writer.mark_refreshed()
+        if not diagnostics:
+            return None
+        with timeit("memory/diagnostics"):
+            reward, done = data.get(self.reward_key), data.get(self.done_key)
+            mc_return = discounted_returns(estimator.gamma, reward, done, last_step)
+            return target_diagnostics(returns, horizon, mc_return)
 
     def _ordered_slots(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Occupied slots in (episode, arrival) order, and a mask of episode ends."""
@@ -416,3 +436,40 @@ class EpisodicMemory(TensorDictReplayBuffer):
                     f"EpisodicMemory.extend: non-finite value in {key!r} at batch "
                     f"index {where}; refusing to store it."
                 )
+
+
+def target_diagnostics(
+    returns: torch.Tensor, horizon: torch.Tensor, mc_return: torch.Tensor
+) -> dict[str, float]:
+    """What a refresh's targets look like, as ``memory/*`` scalars.
+
+    - ``target_mean``: the mean target (both twin columns) over the stored steps;
+    - ``target_minus_mc``: its mean excess over the discounted Monte-Carlo return
+      of the finished episodes' steps (how optimistic the targets are; ``NaN``
+      before an episode ends);
+    - ``horizon_mean``: the mean horizon that the twin columns are evaluated on;
+    - ``multi_step_fraction``: how often that horizon is longer than one step.
+
+    Args:
+        returns (Tensor): ``[N, 2]`` twin returns.
+        horizon (Tensor): ``[N, 2]`` their horizons.
+        mc_return (Tensor): ``[N]`` discounted returns-to-go, ``NaN`` where the
+            episode still runs.
+
+    Examples:
+        >>> import torch
+        >>> returns = torch.tensor([[3.0, 1.0], [2.0, 2.0]])
+        >>> horizon = torch.tensor([[2, 1], [1, 1]])
+        >>> stats = target_diagnostics(returns, horizon, torch.tensor([1.0, 3.0]))
+        >>> {key: round(value, 3) for key, value in stats.items()}
+        {'memory/target_mean': 2.0, 'memory/target_minus_mc': 0.0, 'memory/horizon_mean': 1.25, 'memory/multi_step_fraction': 0.25}
+    """  # noqa: E501
+    target = returns.float().mean(-1).reshape(-1)
+    finished = torch.isfinite(mc_return.reshape(-1))
+    excess = target[finished] - mc_return.reshape(-1)[finished].float()
+    return {
+        "memory/target_mean": target.mean().item(),
+        "memory/target_minus_mc": excess.mean().item() if len(excess) else math.nan,
+        "memory/horizon_mean": horizon.float().mean().item(),
+        "memory/multi_step_fraction": (horizon > 1).float().mean().item(),
+    }

@@ -16,6 +16,7 @@ GEM's schedule itself is in :mod:`torchrl_gem.schedule`; both are re-exported by
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,6 +63,13 @@ class EvaluationHook(TrainerHookBase):
     overestimation); for each group ``g`` of ``critic_groups``, the same three
     with the group's ``min`` as the estimate (``q_estimate_group<g>``, ...).
 
+    With ``action_bounds = (low, high)`` it also logs how often the policy acts at
+    its bounds: ``"<prefix>/action_saturation"``, the fraction of action components
+    of the visited steps within 1% of the half-range from ``low`` or ``high``. With
+    ``snapshot_dir`` it saves the policy's ``state_dict`` at every evaluation, as
+    ``<snapshot_dir>/frame<frames>.pt``, to evaluate it again later with more
+    episodes (how much of a swing is the policy, how much the episodes' noise).
+
     With ``seed`` set, the environment is re-seeded before every evaluation, so all
     evaluations start from the same initial states: curves compare like with like,
     and the hook draws no random numbers that a resumed run would have to restore.
@@ -87,6 +95,9 @@ class EvaluationHook(TrainerHookBase):
         critic_groups (sequence of index sequences): critic groups whose ``min`` is
             reported too (GEM's twin groups; TD3's pair). Defaults to none.
         gamma (float): discount of the returns. Defaults to ``0.99``.
+        action_bounds (tuple of Tensors, optional): ``(low, high)`` of the actions.
+        snapshot_dir (str or Path, optional): where to save the policy's weights at
+            every evaluation. Defaults to ``None`` (not saved).
 
     Examples:
         >>> from torchrl.envs import GymEnv
@@ -126,6 +137,8 @@ class EvaluationHook(TrainerHookBase):
         critic: Callable[[TensorDictBase], torch.Tensor] | None = None,
         critic_groups: Sequence[Sequence[int]] = (),
         gamma: float = 0.99,
+        action_bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
+        snapshot_dir: str | Path | None = None,
     ) -> None:
         if interval < 1:
             raise ValueError(f"interval must be >= 1 frame, got {interval}.")
@@ -146,6 +159,8 @@ class EvaluationHook(TrainerHookBase):
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must lie in [0, 1], got {gamma}.")
         self.gamma = float(gamma)
+        self.action_bounds = action_bounds
+        self.snapshot_dir = None if snapshot_dir is None else Path(snapshot_dir)
         self.history: list[tuple[int, float]] = []  # (frame, mean return)
         self._trainer: Trainer | None = None
 
@@ -157,7 +172,7 @@ class EvaluationHook(TrainerHookBase):
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Run the episodes now and return their statistics (nothing is logged)."""
-        returns, lengths, rollouts = [], [], []
+        returns, lengths, rollouts, actions = [], [], [], []
         with timeit("eval"), set_exploration_type(ExplorationType.DETERMINISTIC):
             if self.seed is not None:
                 self.env.set_seed(self.seed)
@@ -167,16 +182,28 @@ class EvaluationHook(TrainerHookBase):
                 )
                 returns.append(rollout.get(("next", "reward")).sum().item())
                 lengths.append(float(rollout.shape[-1]))
+                actions.append(rollout.get("action"))
                 if self.critic is not None:
                     rollouts.append(rollout)
             bias = self.overestimation(rollouts) if rollouts else {}
         returns = torch.tensor(returns, dtype=torch.float64)
-        return {
+        out = {
             "return_mean": returns.mean().item(),
             "return_std": returns.std(correction=0).item(),
             "episode_length": sum(lengths) / len(lengths),
             **bias,
         }
+        if self.action_bounds is not None:
+            out["action_saturation"] = self.saturation(torch.cat(actions))
+        return out
+
+    def saturation(self, actions: torch.Tensor) -> float:
+        """Fraction of ``actions``' components within 1% of the half-range from a
+        bound of ``action_bounds``."""
+        low, high = (bound.to(actions.device) for bound in self.action_bounds)
+        middle, half = (high + low) / 2, (high - low) / 2
+        at_bound = (actions - middle).abs() >= 0.99 * half
+        return at_bound.float().mean().item()
 
     def overestimation(self, rollouts: Sequence[TensorDictBase]) -> dict[str, float]:
         """Critic estimates against discounted returns over episodes' states.
@@ -238,6 +265,9 @@ class EvaluationHook(TrainerHookBase):
         frames = _frames(self._trainer)
         result = self.evaluate()
         self.history.append((frames, result["return_mean"]))
+        if self.snapshot_dir is not None:
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(self.policy.state_dict(), self.snapshot_path(frames))
         logger = self.logger
         if logger is None and self._trainer is not None:
             logger = self._trainer.logger
@@ -246,6 +276,10 @@ class EvaluationHook(TrainerHookBase):
                 {f"{self.prefix}/{key}": value for key, value in result.items()},
                 step=frames,
             )
+
+    def snapshot_path(self, frames: int) -> Path:
+        """Where the policy evaluated at ``frames`` is saved (``snapshot_dir``)."""
+        return self.snapshot_dir / f"frame{frames}.pt"
 
     def setup(self) -> None:
         """Evaluate before training (once per run, not again after a resume)."""

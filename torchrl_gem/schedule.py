@@ -144,6 +144,11 @@ class MemoryRefreshHook(TrainerHookBase):
             since the last refresh, ``memory.refresh(estimator, full=False)`` (a
             :class:`~torchrl_gem.frames.FrameEpisodicMemory`, whose cached values
             stay valid until the next target update). Defaults to ``False``.
+        diagnostics (bool): refresh with ``diagnostics=True`` (an
+            :class:`~torchrl_gem.EpisodicMemory` and a ``TwinBackPropEstimator``)
+            and hand the ``memory/*`` scalars of the latest refresh to the trainer's
+            log (:meth:`register` adds a ``"post_steps_log"`` op). Defaults to
+            ``False``.
 
     Examples:
         >>> import torch
@@ -175,7 +180,13 @@ class MemoryRefreshHook(TrainerHookBase):
     """
 
     def __init__(
-        self, memory, estimator, *, every: int = 1, incremental: bool = False
+        self,
+        memory,
+        estimator,
+        *,
+        every: int = 1,
+        incremental: bool = False,
+        diagnostics: bool = False,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1 batch, got {every!r}.")
@@ -183,17 +194,29 @@ class MemoryRefreshHook(TrainerHookBase):
         self.estimator = estimator
         self.every = every
         self.incremental = incremental
+        self.diagnostics = diagnostics
+        self.last_diagnostics: dict[str, float] | None = None  # not yet logged
         self.num_batches = 0  # calls so far; the refresh falls on multiples of every
         self.num_refreshes = 0
 
     def __call__(self) -> None:
         due = self.num_batches % self.every == 0
         self.num_batches += 1
-        if due:
+        if due and self.diagnostics:
+            self.last_diagnostics = self.memory.refresh(
+                self.estimator, diagnostics=True
+            )
+            self.num_refreshes += 1
+        elif due:
             self.memory.refresh(self.estimator)
             self.num_refreshes += 1
         elif self.incremental:
             self.memory.refresh(self.estimator, full=False)
+
+    def log(self, batch: TensorDictBase | None = None) -> dict[str, float] | None:
+        """The ``memory/*`` scalars of the latest refresh, once (else ``None``)."""
+        stats, self.last_diagnostics = self.last_diagnostics, None
+        return stats
 
     def state_dict(self) -> dict[str, Any]:
         return {"num_batches": self.num_batches, "num_refreshes": self.num_refreshes}
@@ -205,6 +228,8 @@ class MemoryRefreshHook(TrainerHookBase):
     def register(self, trainer: Trainer, name: str = "memory_refresh") -> None:
         trainer.register_module(name, self)
         trainer.register_op("pre_optim_steps", self)
+        if self.diagnostics:
+            trainer.register_op("post_steps_log", self.log)
 
 
 class HardTargetUpdateHook(TrainerHookBase):
@@ -312,6 +337,9 @@ class DelayedActorStepper(OptimizationStepper):
         compile (bool): call both loss methods through ``torch.compile``
             (:class:`~torchrl_gem.compiling.CompiledCall`: compiled on the first
             step, eager if the compiler fails). Defaults to ``False``.
+        grad_norms (bool): also return ``grad_norm_qvalue`` and ``grad_norm_actor``,
+            the total 2-norms of the gradients each optimiser stepped with (the
+            latest actor one, as ``loss_actor``). Defaults to ``False``.
 
     Examples:
         >>> import torch
@@ -349,6 +377,7 @@ class DelayedActorStepper(OptimizationStepper):
         precision: Precision = "fp32",
         device: torch.device | str = "cpu",
         compile: bool = False,
+        grad_norms: bool = False,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}.")
@@ -363,9 +392,11 @@ class DelayedActorStepper(OptimizationStepper):
         self.precision, self.device = precision, device
         self.compile = compile
         self._compiled: dict[str, CompiledCall] = {}
+        self.grad_norms = grad_norms
         self.num_steps = 0
         self.num_actor_steps = 0
         self._last_actor_loss = torch.full((), float("nan"))
+        self._last_actor_grad_norm = torch.full((), float("nan"))
 
     def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
         with timeit("update"):
@@ -373,21 +404,27 @@ class DelayedActorStepper(OptimizationStepper):
                 critic_loss, _ = self._loss(trainer, sub_batch, self.critic_method)
             self.critic_optimizer.zero_grad(set_to_none=True)
             critic_loss.backward()
+            out = TensorDict(loss_qvalue=critic_loss.detach())
+            if self.grad_norms:
+                out["grad_norm_qvalue"] = _grad_norm(self.critic_optimizer)
             self.critic_optimizer.step()
             if self.num_steps % self.policy_delay == 0:
                 with autocast(self.precision, self.device):
                     actor_loss, _ = self._loss(trainer, sub_batch, self.actor_method)
                 self.actor_optimizer.zero_grad(set_to_none=True)
                 actor_loss.backward()
+                if self.grad_norms:
+                    self._last_actor_grad_norm = _grad_norm(self.actor_optimizer)
                 self.actor_optimizer.step()
                 if self.target_updater is not None:
                     self.target_updater.step()
                 self._last_actor_loss = actor_loss.detach()
                 self.num_actor_steps += 1
             self.num_steps += 1
-            return TensorDict(
-                loss_qvalue=critic_loss.detach(), loss_actor=self._last_actor_loss
-            )
+            out["loss_actor"] = self._last_actor_loss
+            if self.grad_norms:
+                out["grad_norm_actor"] = self._last_actor_grad_norm
+            return out
 
     def _loss(self, trainer: Trainer, batch: TensorDictBase, method: str):
         if not self.compile:
@@ -408,6 +445,7 @@ class DelayedActorStepper(OptimizationStepper):
             "num_steps": self.num_steps,
             "num_actor_steps": self.num_actor_steps,
             "last_actor_loss": self._last_actor_loss.clone(),
+            "last_actor_grad_norm": self._last_actor_grad_norm.clone(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -416,6 +454,14 @@ class DelayedActorStepper(OptimizationStepper):
         self.num_steps = int(state_dict["num_steps"])
         self.num_actor_steps = int(state_dict["num_actor_steps"])
         self._last_actor_loss = state_dict["last_actor_loss"].clone()
+        nan = torch.full((), float("nan"))  # checkpoints from before grad_norms
+        self._last_actor_grad_norm = state_dict.get("last_actor_grad_norm", nan).clone()
+
+
+def _grad_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """Total 2-norm of the gradients of ``optimizer``'s parameters."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    return torch.nn.utils.get_total_norm([g for g in grads if g is not None]).detach()
 
 
 def _soft_update(loss_module: LossModule, tau: float) -> SoftUpdate:

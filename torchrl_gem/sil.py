@@ -70,6 +70,7 @@ from torchrl.objectives import LossModule
 from torchrl.trainers import Trainer, TrainerHookBase
 
 from torchrl_gem._ensemble import call_ensemble
+from torchrl_gem.functional import discounted_returns
 from torchrl_gem.memory import STAMP
 from torchrl_gem.precision import Precision, autocast
 
@@ -133,30 +134,7 @@ class MonteCarloReturn:
         newest step); the last step always ends one. Episodes that did not end with
         ``done`` get ``NaN``.
         """
-        reward, done = reward.reshape(-1), done.reshape(-1).bool()
-        if reward.shape != done.shape:
-            raise ValueError(
-                f"reward and done must have as many steps, got {tuple(reward.shape)} "
-                f"and {tuple(done.shape)}."
-            )
-        num_steps = reward.numel()
-        if not num_steps:
-            return reward.clone()
-        end = done.clone() if cut is None else done | cut.reshape(-1).bool()
-        end[-1] = True
-        # pack the episodes left-aligned into [episodes, longest] and scan backwards
-        episode = torch.cat([end.new_zeros(1, dtype=torch.long), end[:-1].cumsum(0)])
-        ends = end.nonzero().squeeze(-1)
-        starts = torch.cat([ends.new_zeros(1), ends[:-1] + 1])
-        position = torch.arange(num_steps, device=reward.device) - starts[episode]
-        longest = int(position.max()) + 1
-        packed = reward.new_zeros(len(ends), longest + 1, dtype=torch.float64)
-        packed[episode, position] = reward.double()
-        for step in range(longest - 1, -1, -1):
-            packed[:, step] += self.gamma * packed[:, step + 1]
-        out = packed[episode, position].to(reward.dtype)
-        finished = done[ends]  # did each episode end with the environment's done?
-        return torch.where(finished[episode], out, torch.nan)
+        return discounted_returns(self.gamma, reward, done, cut)
 
     def twin_returns(self, data: TensorDictBase, cut: Tensor | None = None) -> Tensor:
         """``[T, 2]``: the return of each step of ``data`` in both columns."""
