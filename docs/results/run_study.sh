@@ -4,7 +4,7 @@
 # committed logs reach the budget (checkpoints are not committed, so a fresh machine
 # knows a finished run by its logs) and resumes an unfinished one from its last
 # checkpoint (checkpoint.resume=auto). Run from the repository root:
-#   bash docs/results/run_study.sh            # every part, in order
+#   bash docs/results/run_study.sh            # every part: 1, 2, 4, then 3
 #   bash docs/results/run_study.sh 2 4        # only parts 2 and 4
 # SLOTS=N sets the queue width. Each run prints to runs/study_logs/<task>_<algo>_seed<N>.log (gitignored).
 set -euo pipefail
@@ -14,6 +14,7 @@ budget=(
   collector.total_frames=$FRAMES collector.init_random_frames=10000
   logger.eval_interval=5000 logger.eval_episodes=10 optim.num_threads=1
   checkpoint.interval=10000 checkpoint.resume=auto logger.progress_bar=false
+  logger.snapshots=true  # actors kept (not committed) for recipes/reevaluate.py
 )
 
 # One line per run: "<task> <algo> <seed> [extra overrides...]". Precision: part 1's
@@ -63,6 +64,6 @@ run_one() {  # one queue line
 
 if [[ ${1:-} == --one ]]; then run_one "$2"; exit; fi  # a queue slot's call
 parts=("$@")
-[[ ${#parts[@]} -gt 0 ]] || parts=(1 2 3 4)
+[[ ${#parts[@]} -gt 0 ]] || parts=(1 2 4 3)  # 4 before 3: the stable-GEM issue reads it
 mkdir -p runs/study_logs
 for p in "${parts[@]}"; do part "$p"; done | xargs -P "$SLOTS" -I{} bash "$0" --one {}
