@@ -18,9 +18,13 @@ from torchrl import timeit
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import EGreedyModule, QValueActor
 from torchrl.objectives import DQNLoss
-from torchrl.trainers import DefaultOptimizationStepper, Trainer, TrainerHookBase
+from torchrl.trainers import (
+    MixedPrecisionOptimizationStepper,
+    Trainer,
+    TrainerHookBase,
+)
 
-from torchrl_gem import GEMDQNLoss, make_gem_dqn_policy, make_nature_cnn_qnet
+from torchrl_gem import GEMDQNLoss, make_gem_dqn_policy, make_nature_cnn_qnet, precision
 from torchrl_gem.frames import FrameEpisodicMemory
 
 
@@ -42,7 +46,9 @@ def make_agent(cfg: DictConfig, action_spec) -> tuple[Any, TensorDictModuleBase]
 
     ``gem``: :class:`~torchrl_gem.GEMDQNLoss` over independently initialised sub and
     meta networks, acting on the meta mean. ``dqn``: TorchRL's ``DQNLoss`` on one
-    ``QValueActor`` (``double_dqn`` for DDQN), which also acts.
+    ``QValueActor`` (``double_dqn`` for DDQN), which also acts. GEM's refresh
+    runs in ``optim.precision`` (:func:`network_precision`); acting stays fp32:
+    at one state at a time, bf16 measured slower (``benchmarks/atari_speed.py``).
     """
     algo, num_actions = cfg.algo, action_spec.shape[-1]
     if algo.loss == "gem":
@@ -59,7 +65,10 @@ def make_agent(cfg: DictConfig, action_spec) -> tuple[Any, TensorDictModuleBase]
             deactivate_vmap=True,
         )
         loss.make_value_estimator(
-            gamma=cfg.optim.gamma, value_chunk_size=cfg.memory.value_chunk_size
+            gamma=cfg.optim.gamma,
+            value_chunk_size=cfg.memory.value_chunk_size,
+            precision=network_precision(cfg),  # the refresh's target passes
+            compile=cfg.optim.compile is not False,  # null: on for gem
         )
         loss.select_out_keys("loss_sub", "loss_meta")  # scalars for the trainer log
         return loss, make_gem_dqn_policy(loss, spec=action_spec)
@@ -84,13 +93,29 @@ def make_optimizer(cfg: DictConfig, loss) -> torch.optim.Adam:
     )
 
 
-class TimedStepper(DefaultOptimizationStepper):
-    """TorchRL's default step (sum of the ``loss*`` entries, one optimiser), timed
-    under ``timeit("update")`` and returning detached values for the logs."""
+class TimedStepper(MixedPrecisionOptimizationStepper):
+    """TorchRL's mixed-precision step (the sum of the ``loss*`` entries, one
+    optimiser, the gradient-norm clip; the forward pass under bf16 autocast with
+    ``mixed_precision``), timed under ``timeit("update")``."""
 
     def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
         with timeit("update"):
-            return super().step(trainer, sub_batch).detach()
+            return super().step(trainer, sub_batch)
+
+
+def make_stepper(cfg: DictConfig, loss) -> TimedStepper:
+    """One Adam over every trained network, stepped in ``optim.precision``."""
+    return TimedStepper(
+        make_optimizer(cfg, loss),
+        mixed_precision=network_precision(cfg) == "bf16",
+        clip_norm=cfg.optim.max_grad_norm,
+        device_type="cpu",
+    )
+
+
+def network_precision(cfg: DictConfig) -> str:
+    """``optim.precision``, or fp32 where this machine has no fast bf16."""
+    return precision.resolve(str(cfg.optim.precision), "cpu")
 
 
 def make_memory(cfg: DictConfig) -> FrameEpisodicMemory:

@@ -24,6 +24,7 @@ from config import (
     CollectorConfig,
     ConfigError,
     LoggerConfig,
+    Precision,
     Storage,
     bounded,
     check_env_name,
@@ -145,7 +146,7 @@ class AtariMemoryConfig:
 
 @dataclass
 class AtariOptimConfig:
-    """Gradient steps, CPU threads."""
+    """Gradient steps, CPU threads, precision."""
 
     # transitions per gradient step, sampled uniformly with replacement
     batch_size: int = positive(32)
@@ -159,6 +160,12 @@ class AtariOptimConfig:
     max_grad_norm: float | None = positive(None)
     # torch CPU threads for updates and refreshes; null = all cores of this process
     num_threads: int | None = positive(None)
+    # fp32 | bf16: bf16 autocast for the gradient steps and the refresh (acting
+    # stays fp32), fp32 weights and Adam; fp32 where bf16 is not fast
+    precision: Precision = Precision.fp32
+    # torch.compile the refresh's target pass (~40 s to compile, eager where it
+    # fails; the gradient steps stay eager); null = on for algo.loss=gem
+    compile: bool | None = None
 
 
 @dataclass

@@ -34,11 +34,10 @@ import hydra
 from atari_builders import (
     EpsilonGreedyEval,
     EpsilonSchedule,
-    TimedStepper,
     make_agent,
     make_exploration_policy,
     make_memory,
-    make_optimizer,
+    make_stepper,
 )
 from atari_config import ATARI_CONFIG, ATARI_DIR, check_atari_config
 from atari_config import load_atari_config as load_config  # noqa: F401 - for tests
@@ -106,9 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         frame_skip=1,  # frames are agent steps (the env skips emulator frames)
         optim_steps_per_batch=cfg.algo.updates_per_batch,
         loss_module=loss,
-        optimizer=make_optimizer(cfg, loss),
-        optimization_stepper=TimedStepper(),  # sum of the loss_* entries, one Adam
-        clip_norm=cfg.optim.max_grad_norm,
+        optimization_stepper=make_stepper(cfg, loss),  # optim.precision, one Adam
         logger=logger,
         progress_bar=False,  # ProgressBar below: resumes at its frame, shows eval
         log_interval=cfg.logger.log_interval,

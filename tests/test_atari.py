@@ -42,8 +42,10 @@ def _one_thread():
 
 
 # ------------------------------------------------------------- frame memory
-def synthetic_batches(num_envs, steps, batches, padding, generator, p_done=0.15):
-    """Collector-like ``[num_envs, steps]`` batches of 4-stacks of 2x3 frames.
+def synthetic_batches(
+    num_envs, steps, batches, padding, generator, p_done=0.15, frame_shape=(2, 3)
+):
+    """Collector-like ``[num_envs, steps]`` batches of 4-stacks of frames (2x3).
 
     Each env runs episodes that end at random (done, half of them terminated);
     stacks are what CatFrames makes: at reset the first frame repeated
@@ -59,7 +61,9 @@ def synthetic_batches(num_envs, steps, batches, padding, generator, p_done=0.15)
         return torch.cat([torch.zeros(3, *frame.shape, dtype=frame.dtype), frame[None]])
 
     def new_frame():
-        return torch.randint(0, 256, (2, 3), dtype=torch.uint8, generator=generator)
+        return torch.randint(
+            0, 256, frame_shape, dtype=torch.uint8, generator=generator
+        )
 
     for _ in range(batches):
         rows = []
@@ -321,6 +325,7 @@ def tiny(algo: str, run_dir: Path, *extra: str) -> list[str]:
         "algo.target_update_interval=4",  # a target copy every 2 batches
         "optim.batch_size=8",
         "optim.num_threads=1",
+        "optim.compile=false",  # the compiled refresh: test_compiling.py
         "memory.capacity=250",  # evicts episodes
         "memory.value_chunk_size=64",
         "logger.eval_interval=150",
@@ -414,3 +419,63 @@ def test_every_schema_field_and_yaml_value_has_a_comment():
         for line in path.read_text().splitlines():
             if line.strip() and not line.lstrip().startswith("#"):
                 assert " # " in line, f"{path.name}: {line!r}"
+
+
+def test_bf16_run_acts_steps_and_refreshes_under_autocast(tmp_path, monkeypatch):
+    """optim.precision=bf16 (forced on, whatever the CPU): the gradient steps' losses
+    and the refresh's target passes run under bf16 autocast; acting stays fp32."""
+    from torchrl_gem import GEMDQNLoss, estimator, precision
+
+    monkeypatch.setattr(precision, "bf16_is_fast", lambda device: True)
+    seen = {"refresh": set(), "loss": set(), "acting": set()}
+
+    def spy(part, real):
+        def wrapped(mode, device="cpu"):
+            seen[part].add(mode)
+            return real(mode, device)
+
+        return wrapped
+
+    monkeypatch.setattr(estimator, "autocast", spy("refresh", estimator.autocast))
+    forward = atari_builders.make_gem_dqn_policy
+
+    def acting_spy(*args, **kwargs):
+        policy = forward(*args, **kwargs)
+        call = policy.forward
+
+        def recorded(tensordict):
+            seen["acting"].add(torch.is_autocast_enabled("cpu"))
+            return call(tensordict)
+
+        policy.forward = recorded
+        return policy
+
+    monkeypatch.setattr(atari_builders, "make_gem_dqn_policy", acting_spy)
+    sub_loss = GEMDQNLoss.sub_loss
+
+    def loss_spy(self, tensordict):
+        seen["loss"].add(torch.is_autocast_enabled("cpu"))
+        return sub_loss(self, tensordict)
+
+    monkeypatch.setattr(GEMDQNLoss, "sub_loss", loss_spy)
+    summary = run(tiny("gem", tmp_path, "optim.precision=bf16"))
+    assert summary["status"] == "finished"
+    assert all(torch.isfinite(torch.tensor(r)) for _, r in summary["evaluations"])
+    assert seen == {"refresh": {"bf16"}, "loss": {True}, "acting": {False}}
+
+
+def test_fp32_is_the_default_and_runs_no_autocast(tmp_path, monkeypatch):
+    from torchrl_gem import GEMDQNLoss
+
+    sub_loss = GEMDQNLoss.sub_loss
+    seen = set()
+
+    def loss_spy(self, tensordict):
+        seen.add(torch.is_autocast_enabled("cpu"))
+        return sub_loss(self, tensordict)
+
+    monkeypatch.setattr(GEMDQNLoss, "sub_loss", loss_spy)
+    cfg = recipe.load_config(tiny("gem", tmp_path))
+    assert cfg.optim.precision == "fp32"
+    recipe.train(cfg)
+    assert seen == {False}

@@ -88,3 +88,38 @@ def test_compiled_target_pass_needs_a_chunk_size():
         TwinBackPropEstimator.for_loss(
             tiny_loss(), gamma=0.9, value_chunk_size=None, compile=True
         )
+
+
+@needs_cpp_compiler
+def test_compiled_frame_refresh_equals_eager():
+    """GEM-DQN's refresh (discrete mode, Nature CNNs on rebuilt frame stacks) with
+    the target pass compiled, against eager, in bf16 as the Atari recipe runs it."""
+    from test_atari import synthetic_batches
+
+    from torchrl_gem import GEMDQNLoss, make_nature_cnn_qnet
+    from torchrl_gem.frames import FrameEpisodicMemory
+
+    torch.manual_seed(0)
+    size = 36  # small frames: 36 -> 9 -> 5 -> 5
+
+    def qnet():
+        return make_nature_cnn_qnet(3, height=size, width=size)
+
+    loss = GEMDQNLoss([qnet(), qnet()], [qnet(), qnet()], deactivate_vmap=True)
+    batches = synthetic_batches(
+        2, 20, 3, "same", torch.Generator().manual_seed(1), frame_shape=(size, size)
+    )
+    returns = {}
+    for compile in (False, True):
+        loss.make_value_estimator(
+            gamma=0.99, value_chunk_size=32, precision="bf16", compile=compile
+        )
+        memory = FrameEpisodicMemory(capacity=500)
+        for batch in batches:
+            memory.extend(batch.clone())
+        memory.refresh(loss.value_estimator)  # 120 next states: chunks padded
+        returns[compile] = memory.storage[memory.writer.occupied_slots()][
+            "memory_return"
+        ]
+    assert loss.value_estimator._compiled_chunk_value.compiled
+    torch.testing.assert_close(returns[True], returns[False], rtol=2e-2, atol=2e-2)

@@ -494,3 +494,44 @@ def test_without_delay_the_online_sub_nets_give_the_targets():
     # V = (2 * 1, 2 * 5): the estimator reads the online nets, detached
     value = loss.value_estimator.next_state_value(next_td)
     torch.testing.assert_close(value, torch.tensor([[2.0, 10.0]]))
+
+
+def _explicitly_padded_forward(qnet, pixels):
+    """The Nature CNN with TF 'same' padding spelled out: every layer padded by
+    ``F.pad`` (the odd pixel at the end), then an unpadded convolution."""
+    import torch.nn.functional as F
+
+    x = pixels.float() * qnet.pixel_scale
+    for conv in qnet.conv:
+        kernel, stride = conv.kernel_size[0], conv.stride[0]
+        pads = []
+        for size in (x.shape[-1], x.shape[-2]):  # width, then height
+            total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+            pads += [total // 2, total - total // 2]
+        x = F.conv2d(F.pad(x, pads), conv.weight, conv.bias, stride)
+        x = torch.relu(x)
+    x = torch.relu(qnet.hidden(x.flatten(1)))
+    return qnet.head(x)
+
+
+@pytest.mark.parametrize("size", [84, 36, 41])
+def test_nature_cnn_pads_as_tf_same(size):
+    """The padding inside the convolutions (the odd pixel added at the end first)
+    equals TF's 'same' padding done explicitly, for even and odd sizes."""
+    torch.manual_seed(0)
+    qnet = make_nature_cnn_qnet(5, height=size, width=size).module
+    pixels = torch.randint(0, 256, (3, 4, size, size), dtype=torch.uint8)
+    torch.testing.assert_close(qnet(pixels), _explicitly_padded_forward(qnet, pixels))
+
+
+def test_nature_cnn_casts_once_to_bf16_under_autocast():
+    torch.manual_seed(0)
+    qnet = make_nature_cnn_qnet(5).module
+    pixels = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = qnet(pixels)
+    assert out.dtype == torch.bfloat16
+    reference = _explicitly_padded_forward(qnet, pixels)
+    torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.02)
+    with pytest.raises(ValueError, match=r"\[\*, 4, 84, 84\], got \(8, 4, 80, 84\)"):
+        qnet(pixels[..., :80, :])

@@ -640,9 +640,17 @@ class NatureQNet(nn.Module):
     ) -> None:
         super().__init__()
         self.pixel_scale = float(pixel_scale)
-        layers, channels = [], frames
+        self.input_shape = (frames, height, width)
+        layers, channels, self.odd_pads = [], frames, []
         for out_channels, kernel, stride in self.convs:
-            layers.append(nn.Conv2d(channels, out_channels, kernel, stride))
+            top, bottom = _same_padding(height, kernel, stride)
+            left, right = _same_padding(width, kernel, stride)
+            # the even part of the padding inside the convolution (no copy); the
+            # odd pixel, if any, padded at the end beforehand (TF puts it there)
+            layers.append(
+                nn.Conv2d(channels, out_channels, kernel, stride, padding=(top, left))
+            )
+            self.odd_pads.append((0, right - left, 0, bottom - top))
             channels = out_channels
             height, width = math.ceil(height / stride), math.ceil(width / stride)
         self.conv = nn.ModuleList(layers)
@@ -654,15 +662,24 @@ class NatureQNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, pixels: Tensor) -> Tensor:
+        if tuple(pixels.shape[-3:]) != self.input_shape:
+            raise ValueError(
+                "NatureQNet expects pixels [*, frames, height, width] of shape "
+                f"[*, {', '.join(map(str, self.input_shape))}], got "
+                f"{tuple(pixels.shape)}."
+            )
         batch = pixels.shape[:-3]
-        x = pixels.reshape(-1, *pixels.shape[-3:]).to(self.hidden.weight.dtype)
-        x = x * self.pixel_scale
-        for conv in self.conv:
-            kernel, stride = conv.kernel_size[0], conv.stride[0]
-            top, bottom = _same_padding(x.shape[-2], kernel, stride)
-            left, right = _same_padding(x.shape[-1], kernel, stride)
-            x = torch.relu(conv(F.pad(x, (left, right, top, bottom))))
-        x = torch.relu(self.hidden(x.flatten(1)))
+        # one cast, to the dtype the convolutions run in (bf16 under autocast)
+        device = pixels.device.type
+        dtype = self.hidden.weight.dtype
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+        x = pixels.reshape(-1, *self.input_shape).to(dtype) * self.pixel_scale
+        for conv, odd_pad in zip(self.conv, self.odd_pads, strict=True):
+            if any(odd_pad):
+                x = F.pad(x, odd_pad)
+            x = F.relu(conv(x), inplace=True)
+        x = F.relu(self.hidden(x.flatten(1)), inplace=True)
         return self.head(x).reshape(*batch, -1)
 
 
