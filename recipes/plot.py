@@ -36,6 +36,8 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+import stats
 from logs import csv_logs, one_row_per_step, read_lines, step_of, write_lines
 
 METRIC = "eval/return_mean"
@@ -47,6 +49,15 @@ AXIS_LABELS = {
     Q_BIAS: "Q estimate - discounted return",
 }
 TOP_TIMERS = ("collect", "update", "hook/*")  # disjoint; the other timers nest in hooks
+# task -> (random, reference) returns of the aggregate's normalisation
+# (score - random) / (reference - random): random, the uniform random policy
+# (python recipes/random_scores.py <task>: 100 episodes); reference, TD3 after 1M
+# steps (Fujimoto et al., ICML 2018, Table 1, the tasks' -v1 versions)
+NORMALISATION = {
+    "Hopper-v5": (19.8, 3564.07),
+    "Walker2d-v5": (1.1, 4682.82),
+    "HalfCheetah-v5": (-283.4, 9636.95),
+}
 
 
 def find_runs(paths) -> list[Path]:
@@ -213,6 +224,82 @@ def markdown_table(groups: dict, last: int = 5) -> str:
     return "\n".join(lines)
 
 
+def final_scores(curves: list, last: int = 5) -> np.ndarray:
+    """Each run's score: the mean of its ``last`` evaluations."""
+    return np.array(
+        [np.mean([value for _, value in curve[-last:]]) for curve in curves]
+    )
+
+
+def _interval(point: float, low: float, high: float) -> str:
+    return f"{point:.1f} [{low:.1f}, {high:.1f}]"
+
+
+def stats_table(
+    groups: dict, reference: str = "gem", last: int = 5, reps: int = 2000
+) -> str:
+    """Per task and algorithm, over runs of the mean of the ``last`` evaluations:
+    IQM with its 95% bootstrap interval, mean ± std, and the probability that
+    ``reference`` improves on the algorithm (``stats.py``; rliable's conventions).
+    Then the aggregate over the tasks of :data:`NORMALISATION`, normalised."""
+    lines = [
+        f"| task | algorithm | runs | IQM [95% CI] | mean ± std | "
+        f"P({reference} > algorithm) [95% CI] |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    scores = {key: final_scores(curves, last) for key, curves in groups.items()}
+    for (task, algo), values in scores.items():
+        iqm = stats.stratified_bootstrap([values], lambda t: stats.iqm(t[0]), reps=reps)
+        poi = ""
+        if algo != reference and (task, reference) in scores:
+            poi = "{:.2f} [{:.2f}, {:.2f}]".format(
+                *stats.probability_of_improvement_interval(
+                    [scores[task, reference]], [values], reps=reps
+                )
+            )
+        cells = [task, algo, str(len(values)), _interval(*iqm)]
+        cells += ["{:.1f} ± {:.1f}".format(*_mean_std(values.tolist())), poi]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + aggregate_table(scores, reference, reps)
+
+
+def aggregate_table(scores: dict, reference: str, reps: int) -> str:
+    """IQM of the normalised scores over the tasks each algorithm ran (of those in
+    :data:`NORMALISATION`), and ``reference``'s probability of improvement over it
+    on the tasks both ran."""
+    algos = sorted({algo for _, algo in scores})
+    lines = [
+        "| algorithm | tasks | runs | normalised IQM [95% CI] | "
+        f"P({reference} > algorithm) [95% CI] |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for algo in algos:
+        tasks = [t for t in NORMALISATION if (t, algo) in scores]
+        if not tasks:
+            continue
+        normalised = [
+            stats.normalise(scores[t, algo], *NORMALISATION[t]) for t in tasks
+        ]
+        point, low, high = stats.stratified_bootstrap(
+            normalised, stats.aggregate_iqm, reps=reps
+        )
+        poi = ""
+        common = [t for t in tasks if (t, reference) in scores]
+        if algo != reference and common:
+            poi = "{:.2f} [{:.2f}, {:.2f}]".format(
+                *stats.probability_of_improvement_interval(
+                    [scores[t, reference] for t in common],
+                    [scores[t, algo] for t in common],
+                    reps=reps,
+                )
+            )
+        runs = sum(len(scores[t, algo]) for t in tasks)
+        cells = [algo, str(len(tasks)), str(runs)]
+        cells += [f"{point:.2f} [{low:.2f}, {high:.2f}]", poi]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def bias_table(diagnostics: dict) -> str:
     """Final Q estimate, discounted return and bias per (task, algo), over seeds."""
     lines = [
@@ -340,6 +427,13 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="curves.png", help="PNG file to write")
     parser.add_argument("--metric", default=METRIC, help="CSV scalar to plot")
     parser.add_argument(
+        "--stats",
+        metavar="ALGO",
+        help="also print IQM with 95%% bootstrap intervals and the probability that "
+        "ALGO improves on each algorithm (rliable's conventions), per task and "
+        "normalised over the tasks",
+    )
+    parser.add_argument(
         "--clean",
         action="store_true",
         help="first rewrite the logs that repeat steps, one row per step (the later)",
@@ -349,6 +443,8 @@ def main(argv=None) -> None:
         for file in clean_logs(labelled_runs(args.runs)):
             print(f"cleaned {file}")
     plot_runs(args.runs, args.out, metric=args.metric)
+    if args.stats:
+        print("\n" + stats_table(collect(labelled_runs(args.runs)), args.stats))
 
 
 if __name__ == "__main__":

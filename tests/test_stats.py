@@ -1,0 +1,147 @@
+"""The study's statistics against brute-force definitions and hand-computed cases."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")
+
+import stats  # noqa: E402 - recipes/ is on pytest's pythonpath
+
+
+def brute_iqm(values) -> float:
+    """Sort, drop a quarter (rounded down) of the runs at each end, average."""
+    ordered = sorted(values)
+    cut = len(ordered) // 4
+    kept = ordered[cut : len(ordered) - cut]
+    return sum(kept) / len(kept)
+
+
+@pytest.mark.parametrize("size", [1, 3, 4, 5, 8, 10, 13])
+def test_iqm_is_the_mean_of_the_middle_half(size):
+    values = np.random.default_rng(size).normal(size=size)
+    assert stats.iqm(values) == pytest.approx(brute_iqm(values.tolist()))
+
+
+def test_aggregate_iqm_pools_the_tasks():
+    tasks = [np.array([0.0, 1.0, 2.0, 9.0]), np.array([4.0, 5.0, 6.0, -9.0])]
+    # pooled and sorted: -9 0 1 2 4 5 6 9 -> the middle four 1 2 4 5
+    assert stats.aggregate_iqm(tasks) == pytest.approx(3.0)
+
+
+def brute_probability_of_improvement(x, y) -> float:
+    per_task = []
+    for a, b in zip(x, y, strict=True):
+        wins = [1.0 if i > j else 0.5 if i == j else 0.0 for i in a for j in b]
+        per_task.append(sum(wins) / len(wins))
+    return sum(per_task) / len(per_task)
+
+
+def test_probability_of_improvement_against_all_pairs():
+    rng = np.random.default_rng(0)
+    x = [rng.integers(0, 4, size=n).astype(float) for n in (3, 5, 4)]  # with ties
+    y = [rng.integers(0, 4, size=n).astype(float) for n in (4, 3, 5)]
+    expected = brute_probability_of_improvement(x, y)
+    assert stats.probability_of_improvement(x, y) == pytest.approx(expected)
+    # P(X > Y) + P(Y > X) = 1: ties count half on each side
+    assert stats.probability_of_improvement(y, x) == pytest.approx(1 - expected)
+
+
+def test_probability_of_improvement_by_hand():
+    # x: 3, 4; y: 1, 3 -> pairs (3,1) win, (3,3) tie, (4,1) win, (4,3) win: 3.5 / 4
+    assert stats.probability_of_improvement(
+        [np.array([3.0, 4.0])], [np.array([1.0, 3.0])]
+    ) == pytest.approx(0.875)
+
+
+def test_the_bootstrap_resamples_within_each_task():
+    tasks = [np.zeros(5), np.full(3, 10.0)]
+    # a statistic of the second task alone never sees the first task's runs
+    point, low, high = stats.stratified_bootstrap(
+        tasks, lambda resampled: float(resampled[1].mean()), reps=200
+    )
+    assert point == low == high == 10.0
+
+
+def test_the_bootstrap_interval_is_the_percentiles_of_the_resamples():
+    tasks = [np.array([0.0, 1.0])]
+    # resampled means of two runs: 0 (1/4), 0.5 (1/2), 1 (1/4)
+    point, low, high = stats.stratified_bootstrap(
+        tasks, lambda t: float(t[0].mean()), reps=4000, seed=1
+    )
+    assert point == 0.5 and low == 0.0 and high == 1.0
+    narrow = stats.stratified_bootstrap(
+        tasks, lambda t: float(t[0].mean()), reps=4000, confidence=0.4, seed=1
+    )
+    assert narrow[1:] == (0.5, 0.5)
+
+
+def test_the_bootstrap_interval_covers_the_mean_of_normal_samples():
+    """About 95% of the intervals of samples of 30 contain the true mean."""
+    rng = np.random.default_rng(0)
+    covered = 0
+    for trial in range(100):
+        sample = [rng.normal(loc=2.0, size=30)]
+        _, low, high = stats.stratified_bootstrap(
+            sample, lambda t: float(t[0].mean()), reps=300, seed=trial
+        )
+        covered += low <= 2.0 <= high
+    assert 85 <= covered <= 100
+
+
+def test_probability_of_improvement_interval():
+    x = [np.array([5.0, 6.0, 7.0]), np.array([2.0, 3.0])]
+    y = [np.array([1.0, 2.0]), np.array([0.0, 1.0, 1.5])]
+    assert stats.probability_of_improvement_interval(x, y, reps=100) == (1.0, 1.0, 1.0)
+    x[0] = np.array([0.0, 6.0, 7.0])
+    point, low, high = stats.probability_of_improvement_interval(x, y, reps=500)
+    assert point == pytest.approx(brute_probability_of_improvement(x, y))
+    assert low < point <= high <= 1.0
+
+
+def test_performance_profile_counts_runs_above_each_threshold():
+    tasks = [np.array([0.1, 0.5, 0.9]), np.array([0.2, 0.6])]
+    fraction, low, high = stats.performance_profile(
+        tasks, np.array([0.0, 0.3, 0.7, 1.0]), reps=50
+    )
+    assert fraction.tolist() == [1.0, 0.6, 0.2, 0.0]
+    assert (low <= fraction).all() and (fraction <= high).all()
+
+
+def test_normalise():
+    assert stats.normalise(np.array([10.0, 55.0, 100.0]), 10.0, 100.0).tolist() == [
+        0.0,
+        0.5,
+        1.0,
+    ]
+
+
+def test_bootstrap_is_reproducible_by_seed():
+    tasks = [np.arange(6.0), np.arange(4.0)]
+    first = stats.stratified_bootstrap(tasks, stats.aggregate_iqm, reps=100, seed=3)
+    again = stats.stratified_bootstrap(tasks, stats.aggregate_iqm, reps=100, seed=3)
+    assert first == again
+    assert list(itertools.islice(first, 1)) == [stats.aggregate_iqm(tasks)]
+
+
+def test_plot_stats_table_by_hand():
+    import plot
+
+    def curve(*values):  # evaluations every 10 frames; the score is the last five
+        return [(10 * i, v) for i, v in enumerate(values)]
+
+    groups = {
+        ("Hopper-v5", "gem"): [curve(0, 5, 5, 5, 5, 5), curve(0, 7, 7, 7, 7, 7)],
+        ("Hopper-v5", "td3"): [curve(0, 6, 6, 6, 6, 6), curve(9, 1, 1, 1, 1, 1)],
+    }
+    table = plot.stats_table(groups, "gem", reps=200)
+    # scores gem 5, 7 and td3 6, 1: pairs (5>6 no, 5>1, 7>6, 7>1) -> 3/4
+    assert "| Hopper-v5 | gem | 2 | 6.0 [5.0, 7.0] | 6.0 ± 1.0 |  |" in table
+    assert "| Hopper-v5 | td3 | 2 | 3.5 [1.0, 6.0] | 3.5 ± 2.5 | 0.75 [" in table
+    # normalised by Hopper's (random, reference) = (19.8, 3564.07)
+    random, reference = plot.NORMALISATION["Hopper-v5"]
+    expected = (6.0 - random) / (reference - random)
+    assert f"| gem | 1 | 2 | {expected:.2f} [" in table
