@@ -239,16 +239,22 @@ def stats_table(
     groups: dict, reference: str = "gem", last: int = 5, reps: int = 2000
 ) -> str:
     """Per task and algorithm, over runs of the mean of the ``last`` evaluations:
-    IQM with its 95% bootstrap interval, mean ± std, and the probability that
-    ``reference`` improves on the algorithm (``stats.py``; rliable's conventions).
-    Then the aggregate over the tasks of :data:`NORMALISATION`, normalised."""
+    IQM with its 95% bootstrap interval, mean ± std, the worst run, the stability
+    figure (``stats.drawdown`` from 50k frames, mean ± std over runs) and the
+    probability that ``reference`` improves on the algorithm (``stats.py``;
+    rliable's conventions). Then the aggregate over the tasks of
+    :data:`NORMALISATION`, normalised."""
     lines = [
-        f"| task | algorithm | runs | IQM [95% CI] | mean ± std | "
-        f"P({reference} > algorithm) [95% CI] |",
-        "|---|---|---:|---:|---:|---:|",
+        f"| task | algorithm | runs | IQM [95% CI] | mean ± std | worst run | "
+        f"drawdown from 50k | P({reference} > algorithm) [95% CI] |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     scores = {key: final_scores(curves, last) for key, curves in groups.items()}
     for (task, algo), values in scores.items():
+        drawdowns = [
+            stats.drawdown(*zip(*curve, strict=True), start=50_000)
+            for curve in groups[task, algo]
+        ]
         iqm = stats.stratified_bootstrap([values], lambda t: stats.iqm(t[0]), reps=reps)
         poi = ""
         if algo != reference and (task, reference) in scores:
@@ -258,7 +264,12 @@ def stats_table(
                 )
             )
         cells = [task, algo, str(len(values)), _interval(*iqm)]
-        cells += ["{:.1f} ± {:.1f}".format(*_mean_std(values.tolist())), poi]
+        cells += ["{:.1f} ± {:.1f}".format(*_mean_std(values.tolist()))]
+        cells += [
+            f"{values.min():.1f}",
+            "{:.2f} ± {:.2f}".format(*_mean_std(drawdowns)),
+        ]
+        cells += [poi]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + aggregate_table(scores, reference, reps)
 

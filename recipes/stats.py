@@ -21,6 +21,7 @@ the same order for every algorithm).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -117,3 +118,20 @@ def normalise(scores: np.ndarray, random: float, reference: float) -> np.ndarray
     """``(score - random) / (reference - random)``: 0 is the random policy, 1 the
     reference."""
     return (np.asarray(scores, dtype=float) - random) / (reference - random)
+
+
+def drawdown(frames: Sequence[int], values: Sequence[float], start: int) -> float:
+    """The stability figure: over the evaluations at or after ``start``, the mean
+    drop below the run's best evaluation so far, as a fraction of that best (0: it
+    never fell back; 0.5: on average half of its best lost).
+
+    Examples:
+        >>> drawdown([0, 10, 20, 30], [50.0, 100.0, 40.0, 100.0], start=20)
+        0.3
+    """
+    best, losses = -math.inf, []
+    for frame, value in zip(frames, values, strict=True):
+        best = max(best, value)
+        if frame >= start:
+            losses.append((best - value) / best if best > 0 else 0.0)
+    return float(np.mean(losses)) if losses else math.nan

@@ -139,9 +139,47 @@ def test_plot_stats_table_by_hand():
     }
     table = plot.stats_table(groups, "gem", reps=200)
     # scores gem 5, 7 and td3 6, 1: pairs (5>6 no, 5>1, 7>6, 7>1) -> 3/4
-    assert "| Hopper-v5 | gem | 2 | 6.0 [5.0, 7.0] | 6.0 ± 1.0 |  |" in table
-    assert "| Hopper-v5 | td3 | 2 | 3.5 [1.0, 6.0] | 3.5 ± 2.5 | 0.75 [" in table
+    # (frames below 50k: no drawdown yet, nan)
+    assert "| Hopper-v5 | gem | 2 | 6.0 [5.0, 7.0] | 6.0 ± 1.0 | 5.0 | nan" in table
+    assert "| Hopper-v5 | td3 | 2 | 3.5 [1.0, 6.0] | 3.5 ± 2.5 | 1.0 | nan" in table
+    assert "| nan ± nan | 0.75 [" in table
     # normalised by Hopper's (random, reference) = (19.8, 3564.07)
     random, reference = plot.NORMALISATION["Hopper-v5"]
     expected = (6.0 - random) / (reference - random)
     assert f"| gem | 1 | 2 | {expected:.2f} [" in table
+
+
+def test_swings_groups_the_evaluations_around_drops(tmp_path):
+    import json
+
+    import swings
+
+    run = tmp_path / "Hopper-v5" / "gem" / "seed0"
+    scalars = run / "logs" / "scalars"
+    (scalars / "eval").mkdir(parents=True)
+    (run / "run_info.json").write_text(
+        json.dumps({"env": "Hopper-v5", "algo": "gem", "seed": 0, "total_frames": 50})
+    )
+    returns = [(0, 10.0), (10, 100.0), (20, 90.0), (30, 30.0), (40, 95.0), (50, 20.0)]
+    bias = [(0, 1.0), (10, 2.0), (20, 3.0), (30, 50.0), (40, 4.0), (50, 60.0)]
+    loss = [(5, 1.0), (15, 2.0), (25, 8.0), (28, 10.0), (35, 4.0), (45, 6.0)]
+    for name, rows in (
+        ("eval/return_mean", returns),
+        ("eval/q_bias", bias),
+        ("loss_qvalue", loss),
+    ):
+        text = "".join(f"{frame},{value}\n" for frame, value in rows)
+        (scalars / f"{name}.csv").write_text(text)
+    table, summary = swings.analyse([run], start=20, fraction=0.5)
+    # drops at 30 and 50; just before them: 20 and 40; no other from 20 on
+    assert table["critics' bias (eval)"] == {
+        "drop": [50.0, 60.0],
+        "before": [3.0, 4.0],
+        "other": [],
+    }
+    # the critic loss since the previous evaluation: (20, 30] -> 8, 10; (40, 50] -> 6
+    assert table["critic loss"]["drop"] == [9.0, 6.0]
+    count, total, drawdown = summary[run]
+    assert (count, total) == (2, 4)
+    # best so far 100 from frame 10: losses .1 .7 .05 .8 over the four evaluations
+    assert drawdown == pytest.approx((0.1 + 0.7 + 0.05 + 0.8) / 4)

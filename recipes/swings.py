@@ -1,0 +1,140 @@
+"""Why a run's evaluations swing: what its logs held before and at each drop.
+
+    python recipes/swings.py docs/results/runs/Hopper-v5/gem \
+        docs/results/runs/Walker2d-v5/gem
+
+A *drop* is an evaluation (from ``--start`` frames on) whose mean return falls below
+``--fraction`` of the run's best evaluation so far. For every logged quantity (the
+evaluation's own: the critics' bias, the episode length, the action saturation; the
+training logs averaged over the interval since the previous evaluation: losses,
+gradient norms, the memory's targets), the table compares three groups of
+evaluations from ``--start`` on: the drops, the evaluations just before a drop, and
+the others. A quantity that moves *before* a drop shows in the second column; one
+that moves only with it, in the first. The stability figure is ``stats.drawdown``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import stats
+from plot import find_runs, read_scalar
+
+RETURN = "eval/return_mean"
+# quantity -> (csv scalar, read at the evaluation or averaged since the previous one)
+QUANTITIES = {
+    "critics' bias (eval)": ("eval/q_bias", "at"),
+    "episode length (eval)": ("eval/episode_length", "at"),
+    "actions at a bound (eval)": ("eval/action_saturation", "at"),
+    "critic loss": ("loss_qvalue", "since"),
+    "actor loss": ("loss_actor", "since"),
+    "critic gradient norm": ("grad_norm_qvalue", "since"),
+    "actor gradient norm": ("grad_norm_actor", "since"),
+    "memory target - MC return": ("memory/target_minus_mc", "since"),
+    "multi-step fraction": ("memory/multi_step_fraction", "since"),
+    "mean horizon": ("memory/horizon_mean", "since"),
+}
+
+
+def drops(curve: list, start: int, fraction: float) -> list[int]:
+    """Indices of the evaluations at or after ``start`` below ``fraction`` of the
+    best evaluation so far.
+
+    Examples:
+        >>> drops([(0, 10.0), (10, 100.0), (20, 40.0), (30, 90.0)], 20, 0.5)
+        [2]
+    """
+    best, found = -math.inf, []
+    for index, (frame, value) in enumerate(curve):
+        if frame >= start and best > 0 and value < fraction * best:
+            found.append(index)
+        best = max(best, value)
+    return found
+
+
+def value_at(series: dict[int, float], frame: int, previous: int, how: str):
+    """The quantity at ``frame`` ("at"), or its mean over ``(previous, frame]``."""
+    if how == "at":
+        return series.get(frame)
+    window = [v for f, v in series.items() if previous < f <= frame]
+    return float(np.mean(window)) if window else None
+
+
+def analyse(runs: list[Path], start: int, fraction: float) -> tuple[dict, dict]:
+    """``({quantity: {group: [values]}}, {run: (drops, evaluations, drawdown)})``."""
+    table = {name: {"drop": [], "before": [], "other": []} for name in QUANTITIES}
+    summary = {}
+    for run in runs:
+        curve = read_scalar(run, RETURN)
+        if not curve:
+            continue
+        found = set(drops(curve, start, fraction))
+        before = {index - 1 for index in found} - found
+        series = {
+            name: dict(read_scalar(run, key)) for name, (key, _) in QUANTITIES.items()
+        }
+        for index, (frame, _) in enumerate(curve):
+            if frame < start:
+                continue
+            group = (
+                "drop" if index in found else "before" if index in before else "other"
+            )
+            previous = curve[index - 1][0] if index else -1
+            for name, (_, how) in QUANTITIES.items():
+                value = value_at(series[name], frame, previous, how)
+                if value is not None and math.isfinite(value):
+                    table[name][group].append(value)
+        frames, values = zip(*curve, strict=True)
+        summary[run] = (
+            len(found),
+            sum(frame >= start for frame in frames),
+            stats.drawdown(frames, values, start),
+        )
+    return table, summary
+
+
+def report(table: dict, summary: dict, start: int, fraction: float) -> str:
+    lines = [
+        f"Drops: evaluations from {start} frames on below {fraction:.0%} of the "
+        "run's best so far.",
+        "",
+        "| run | drops / evaluations | drawdown |",
+        "|---|---:|---:|",
+    ]
+    for run, (count, total, drawdown) in summary.items():
+        lines.append(f"| {run} | {count} / {total} | {drawdown:.2f} |")
+    lines += [
+        "",
+        "| quantity | at a drop | just before a drop | other evaluations |",
+        "|---|---:|---:|---:|",
+    ]
+
+    def cell(values: list[float]) -> str:
+        if not values:
+            return "-"
+        return f"{np.mean(values):.3g} ± {np.std(values):.2g} ({len(values)})"
+
+    for name, groups in table.items():
+        if any(groups.values()):
+            cells = [cell(groups[g]) for g in ("drop", "before", "other")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Each cell: mean ± std (count) over the evaluations of the group.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run directories or folders above")
+    parser.add_argument("--start", type=int, default=50_000, help="first frame")
+    parser.add_argument("--fraction", type=float, default=0.5, help="of the best")
+    args = parser.parse_args(argv)
+    table, summary = analyse(find_runs(args.runs), args.start, args.fraction)
+    print(report(table, summary, args.start, args.fraction))
+
+
+if __name__ == "__main__":
+    main()
