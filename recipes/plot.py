@@ -311,6 +311,40 @@ def aggregate_table(scores: dict, reference: str, reps: int) -> str:
     return "\n".join(lines)
 
 
+def plot_profiles(groups: dict, out: Path, last: int = 5, reps: int = 2000) -> Path:
+    """Performance profiles (rliable): per algorithm, the fraction of its runs over
+    the tasks of :data:`NORMALISATION` whose normalised score exceeds ``tau``, with
+    95% stratified bootstrap bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scores = {key: final_scores(curves, last) for key, curves in groups.items()}
+    taus = np.linspace(-0.1, 1.2, 66)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for index, algo in enumerate(sorted({algo for _, algo in scores})):
+        tasks = [t for t in NORMALISATION if (t, algo) in scores]
+        if not tasks:
+            continue
+        normalised = [
+            stats.normalise(scores[t, algo], *NORMALISATION[t]) for t in tasks
+        ]
+        fraction, low, high = stats.performance_profile(normalised, taus, reps=reps)
+        color = f"C{index % 10}"
+        ax.plot(taus, fraction, color=color, label=f"{algo} ({len(tasks)} tasks)")
+        ax.fill_between(taus, low, high, color=color, alpha=0.2)
+    ax.set_xlabel("normalised score tau (0: random policy, 1: TD3 at 1M steps)")
+    ax.set_ylabel("fraction of runs with score > tau")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def bias_table(diagnostics: dict) -> str:
     """Final Q estimate, discounted return and bias per (task, algo), over seeds."""
     lines = [
@@ -455,7 +489,11 @@ def main(argv=None) -> None:
             print(f"cleaned {file}")
     plot_runs(args.runs, args.out, metric=args.metric)
     if args.stats:
-        print("\n" + stats_table(collect(labelled_runs(args.runs)), args.stats))
+        groups = collect(labelled_runs(args.runs))
+        print("\n" + stats_table(groups, args.stats))
+        out = Path(args.out)
+        profile = plot_profiles(groups, out.with_name(out.stem + "_profile.png"))
+        print(f"\nwrote {profile}")
 
 
 if __name__ == "__main__":

@@ -183,3 +183,13 @@ def test_swings_groups_the_evaluations_around_drops(tmp_path):
     assert (count, total) == (2, 4)
     # best so far 100 from frame 10: losses .1 .7 .05 .8 over the four evaluations
     assert drawdown == pytest.approx((0.1 + 0.7 + 0.05 + 0.8) / 4)
+
+
+def test_plot_profiles_writes_a_figure(tmp_path):
+    import plot
+
+    groups = {
+        ("Hopper-v5", "gem"): [[(0, 100.0), (10, 900.0)], [(0, 50.0), (10, 2000.0)]]
+    }
+    out = plot.plot_profiles(groups, tmp_path / "profile.png", last=1, reps=20)
+    assert out.is_file() and out.stat().st_size > 1000
