@@ -147,6 +147,7 @@ class Returns(Choice):
 class TargetAssignment(Choice):
     broadcast = "broadcast"  # every critic regresses on both columns (released)
     paired = "paired"  # each twin group on its own column (paper)
+    min = "min"  # every critic on the smaller column (conservative, not the paper's)
 
 
 class MemoryKind(Choice):
@@ -344,6 +345,11 @@ class OptimConfig:
     # (~30 s to compile; eager where it fails); null = on for algo.loss=gem, where
     # it measured faster, off for TorchRL's losses (TD3Loss measured slower)
     compile: bool | None = None
+    # clip the critics' gradient 2-norm to this before each step; null = no clip
+    critic_max_grad_norm: float | None = positive(None)
+    # evaluate an exponential moving average of the actor's weights, this decay per
+    # collected batch (torchrl_gem.trainer.PolicyAverageHook); null = the actor
+    actor_average: float | None = bounded(None, low=0.0, high=1.0, open_high=True)
 
 
 @dataclass
@@ -477,7 +483,8 @@ class AlgoConfig:
     single_estimator: bool = False
     # smoothing noise on the memory's target actions: true (GEM) | false (released BP)
     memory_noise: bool = True
-    # GEMLoss: every critic on both columns (released) | paired (paper)
+    # GEMLoss: every critic on both columns (released) | paired (paper) | min (the
+    # smaller column for every critic: a conservative variant)
     target_assignment: TargetAssignment = TargetAssignment.broadcast
     # episodic (torchrl_gem.EpisodicMemory, refreshed) | replay (plain TorchRL buffer)
     memory: MemoryKind = MemoryKind.episodic
@@ -790,11 +797,12 @@ def check_algo(algo: DictConfig, field_path: str = "algo") -> None:
             f"{field_path}.num_critics",
             f"loss=ddpg (DDPGLoss) has one critic, got {algo.num_critics}",
         )
-    if algo.target_assignment == TargetAssignment.paired:
+    if algo.target_assignment != TargetAssignment.broadcast:
         _require(
             algo.loss == Loss.gem,
             f"{field_path}.target_assignment",
-            f"paired needs loss=gem (GEMLoss), got loss={algo.loss}; use broadcast",
+            f"{algo.target_assignment} needs loss=gem (GEMLoss), got "
+            f"loss={algo.loss}; use broadcast",
         )
 
 

@@ -85,6 +85,7 @@ from torchrl_gem.trainer import (
     EvaluationHook,
     FiniteCheckHook,
     MemoryRefreshHook,
+    PolicyAverageHook,
     ProgressBar,
     RunTiming,
 )
@@ -157,6 +158,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             device=device,
             compile=compile_enabled(cfg),  # torch.compile the two loss calls
             grad_norms=cfg.logger.diagnostics,
+            critic_max_grad_norm=cfg.optim.critic_max_grad_norm,
         ),
         logger=logger,
         progress_bar=False,  # ProgressBar below: resumes at its frame, shows eval
@@ -188,9 +190,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.algo.loss == "td3_sil":  # 7. self-imitation steps on prioritized samples
         make_self_imitation(cfg, loss, memory, critic_optim).register(trainer)
     UpdateWeights(collector, update_weights_interval=1).register(trainer)  # 8. sync
+    evaluated = actor
+    if cfg.optim.actor_average is not None:  # 8b. the weights' moving average
+        average = PolicyAverageHook(actor, decay=cfg.optim.actor_average)
+        average.register(trainer)
+        evaluated = average.policy
     evaluation = EvaluationHook(  # 9. deterministic evaluation every N frames
         eval_env,
-        actor,
+        evaluated,
         interval=cfg.logger.eval_interval,
         num_episodes=cfg.logger.eval_episodes,
         max_steps=cfg.env.max_episode_steps,

@@ -122,6 +122,8 @@ OLD_SECTIONS = {
         "num_threads": None,
         "precision": "bf16",  # the default since the learning-parity check
         "compile": None,
+        "critic_max_grad_norm": None,
+        "actor_average": None,
     },
     "network": {"hidden_sizes": [400, 300], "init": "glorot", "device": "cpu"},
     "gem": {
@@ -357,6 +359,8 @@ def test_choices_compare_print_and_dump_as_strings():
         (["algo.returns=td0"], "algo.returns: loss=gem (GEMLoss) needs returns=tbp"),
         (["algo=td3", "algo.target_assignment=paired"],
          "algo.target_assignment: paired needs loss=gem"),
+        (["algo=sac_tbp", "algo.target_assignment=min"],
+         "algo.target_assignment: min needs loss=gem"),
         (["algo=td3_sil", "algo.memory=replay"], "algo.memory: loss=td3_sil reads "
          "Monte-Carlo returns of the stored episodes: it needs memory=episodic"),
         (["algo=td3_sil", "algo.returns=tbp"], "algo.returns: loss=td3_sil keeps the "

@@ -182,6 +182,19 @@ def test_hand_computed_critic_loss_broadcast_and_paired():
     assert value.item() == pytest.approx(1 + 1 + 0 + 4)
 
 
+def test_hand_computed_critic_loss_min_assignment():
+    data = batch(2)
+    data["memory_return"] = torch.tensor([[1.0, 3.0], [4.0, 2.0]])
+    loss = constant_loss([0.0, 2.0, 5.0, 3.0], target_assignment="min")
+    value, metadata = loss.value_loss(data)
+    # every critic against the smaller column: 1, then 2 (asymmetry 0.5)
+    # sample 0 (1): critic 0 under by 1 -> 0.5; 2 over by 1 -> 2; 5 over by 4 ->
+    #   32; 3 over by 2 -> 8: 42.5; sample 1 (2): 0.5 * 4 = 2; 0; 2 * 9 = 18;
+    #   2 * 1 = 2: 22; the mean over the batch: 32.25
+    assert value.item() == pytest.approx((42.5 + 22.0) / 2)
+    torch.testing.assert_close(metadata["td_error"], torch.tensor([4.0, 3.0]))
+
+
 def test_broadcast_minimiser_is_soft_min_of_twin_targets():
     data = batch(1)
     low, high = -1.0, 4.0

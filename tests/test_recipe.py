@@ -697,3 +697,23 @@ def test_diagnostics_off_log_none_of_them(tmp_path):
     assert not (scalars / "memory").exists()
     assert not (scalars / "grad_norm_qvalue.csv").exists()
     assert not (scalars / "eval" / "action_saturation.csv").exists()
+
+
+def test_stable_gem_candidates_train_and_resume(tmp_path):
+    """The stable-GEM options together: the min twin target, the critics' gradient
+    clip and the evaluated actor's moving average; a stopped run resumes to the
+    uninterrupted run's evaluations (the average is in the checkpoint)."""
+    extra = (
+        "collector.total_frames=600",
+        "algo.target_assignment=min",
+        "optim.critic_max_grad_norm=1.0",
+        "optim.actor_average=0.5",
+    )
+    straight = run(tiny("gem", tmp_path / "straight", *extra))
+    split = tmp_path / "split"
+    run(tiny("gem", split, *extra, "checkpoint.stop_after=300"))
+    payload = read_checkpoint(split / "checkpoints" / "last.pt")
+    assert "policy_average" in payload["trainer"]
+    resumed = run(tiny("gem", split, *extra, "checkpoint.resume=auto"))
+    assert resumed["evaluations"] == straight["evaluations"]
+    assert all(math.isfinite(value) for _, value in straight["evaluations"])

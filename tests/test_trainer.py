@@ -125,3 +125,55 @@ def test_action_saturation_counts_components_at_a_bound():
     # half-ranges 1 and 2; within 1% of them from a bound: -0.995, 3.99, 0.01
     actions = torch.tensor([[-0.995, 3.99], [0.5, 2.0], [0.98, 0.01], [1.0, 1.0]])
     assert hook.saturation(actions) == pytest.approx(4 / 8)
+
+
+def test_critic_gradients_clipped_to_their_max_norm():
+    from conftest import LossHost, tiny_loss, trajectory_batch
+
+    torch.manual_seed(0)
+    loss = tiny_loss()
+    critic_params = list(loss.qvalue_network_params.values(True, True))
+    before = [p.detach().clone() for p in critic_params]
+    stepper = gem_trainer.DelayedActorStepper(
+        torch.optim.SGD(loss.actor_network_params.values(True, True), lr=0.0),
+        torch.optim.SGD(critic_params, lr=1.0),  # the step is minus the gradient
+        grad_norms=True,
+        critic_max_grad_norm=0.01,
+    )
+    batch = trajectory_batch(16, memory_return=True)
+    batch["memory_return"] += 100.0  # far targets: a gradient norm well above 0.01
+    out = stepper.step(LossHost(loss), batch)
+    pairs = zip(critic_params, before, strict=True)
+    moved = torch.cat([(p - b).reshape(-1) for p, b in pairs])
+    assert out["grad_norm_qvalue"] > 1.0  # logged before the clip
+    torch.testing.assert_close(moved.norm(), torch.tensor(0.01), rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="critic_max_grad_norm must be > 0"):
+        gem_trainer.DelayedActorStepper(
+            stepper.actor_optimizer, stepper.critic_optimizer, critic_max_grad_norm=0
+        )
+
+
+def test_policy_average_by_hand_and_through_its_state():
+    from tensordict.nn import TensorDictModule
+
+    online = TensorDictModule(torch.nn.Linear(2, 1, bias=False), ["x"], ["y"])
+    weight = online.module.weight
+    with torch.no_grad():
+        weight.copy_(torch.tensor([[8.0, 0.0]]))
+    hook = gem_trainer.PolicyAverageHook(online, decay=0.75)
+    with torch.no_grad():
+        weight.copy_(torch.tensor([[0.0, 4.0]]))
+    hook()  # 0.75 * [8, 0] + 0.25 * [0, 4]
+    with torch.no_grad():
+        weight.copy_(torch.tensor([[4.0, 4.0]]))
+    hook()  # 0.75 * [6, 1] + 0.25 * [4, 4]
+    averaged = hook.policy.module.weight
+    torch.testing.assert_close(averaged, torch.tensor([[5.5, 1.75]]))
+    assert torch.equal(weight, torch.tensor([[4.0, 4.0]]))  # the online one untouched
+    out = hook.policy(TensorDict(x=torch.tensor([[1.0, 2.0]]), batch_size=[1]))
+    torch.testing.assert_close(out["y"], torch.tensor([[5.5 + 3.5]]))
+    resumed = gem_trainer.PolicyAverageHook(online, decay=0.75)
+    resumed.load_state_dict(hook.state_dict())
+    torch.testing.assert_close(resumed.policy.module.weight, averaged)
+    with pytest.raises(ValueError, match=r"decay must lie in \[0, 1\)"):
+        gem_trainer.PolicyAverageHook(online, decay=1.0)

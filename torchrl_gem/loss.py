@@ -71,7 +71,9 @@ class GEMLoss(LossModule):
             estimator. Defaults to consecutive halves (``((0, 1), (2, 3))``).
         target_assignment (str): ``"broadcast"`` (default, the released code): every
             critic regresses onto both twin columns; ``"paired"`` (the paper): the
-            critics of group ``k`` regress onto column ``k``.
+            critics of group ``k`` regress onto column ``k``; ``"min"`` (a
+            conservative variant, not the paper's): every critic regresses onto the
+            smaller of the two columns.
         loss_function (str): ``"asymmetric_l2"`` (default) or ``"l2"``.
         asymmetry (float): GEM's ``alpha`` in ``(0, 1]`` for ``"asymmetric_l2"``:
             weight ``1 / alpha`` when a critic overestimates, ``alpha`` when it
@@ -163,7 +165,7 @@ class GEMLoss(LossModule):
         bounds: tuple[float, float] | None = None,
         num_qvalue_nets: int = 4,
         twin_groups: Sequence[Sequence[int]] | None = None,
-        target_assignment: Literal["broadcast", "paired"] = "broadcast",
+        target_assignment: Literal["broadcast", "paired", "min"] = "broadcast",
         loss_function: Literal["asymmetric_l2", "l2"] = "asymmetric_l2",
         asymmetry: float = 0.5,
         actor_critics: Literal["mean", "first"] = "mean",
@@ -190,7 +192,9 @@ class GEMLoss(LossModule):
             twin_groups = default_twin_groups(num_qvalue_nets)
         check_twin_groups(twin_groups, num_qvalue_nets)
         self.twin_groups = tuple(tuple(int(i) for i in group) for group in twin_groups)
-        _check_choice("target_assignment", target_assignment, ("broadcast", "paired"))
+        _check_choice(
+            "target_assignment", target_assignment, ("broadcast", "paired", "min")
+        )
         _check_choice("loss_function", loss_function, ("asymmetric_l2", "l2"))
         _check_choice("actor_critics", actor_critics, ("mean", "first"))
         if loss_function == "asymmetric_l2" and not 0.0 < asymmetry <= 1.0:
@@ -341,6 +345,9 @@ class GEMLoss(LossModule):
             elementwise = self._distance(prediction.unsqueeze(1), twin_targets)
             per_critic = elementwise.mean(1)
             assigned = twin_targets.mean(0).expand_as(prediction)
+        elif self.target_assignment == "min":
+            assigned = twin_targets.min(0).values.expand_as(prediction)
+            per_critic = self._distance(prediction, assigned)
         else:
             assigned = twin_targets[self.critic_column]  # [K, *B]
             per_critic = self._distance(prediction, assigned)

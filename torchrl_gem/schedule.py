@@ -19,6 +19,7 @@ after). What watches a run (evaluation, checks, timing, progress) is in
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "DelayedActorStepper",
     "HardTargetUpdateHook",
     "MemoryRefreshHook",
+    "PolicyAverageHook",
     "bulk_tau",
 ]
 
@@ -338,8 +340,11 @@ class DelayedActorStepper(OptimizationStepper):
             (:class:`~torchrl_gem.compiling.CompiledCall`: compiled on the first
             step, eager if the compiler fails). Defaults to ``False``.
         grad_norms (bool): also return ``grad_norm_qvalue`` and ``grad_norm_actor``,
-            the total 2-norms of the gradients each optimiser stepped with (the
-            latest actor one, as ``loss_actor``). Defaults to ``False``.
+            the total 2-norms of the gradients each optimiser stepped with (before
+            any clip; the latest actor one, as ``loss_actor``). Defaults to
+            ``False``.
+        critic_max_grad_norm (float, optional): clip the critics' gradients to this
+            total 2-norm before their step. Defaults to ``None`` (no clip).
 
     Examples:
         >>> import torch
@@ -378,11 +383,16 @@ class DelayedActorStepper(OptimizationStepper):
         device: torch.device | str = "cpu",
         compile: bool = False,
         grad_norms: bool = False,
+        critic_max_grad_norm: float | None = None,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}.")
         if policy_delay < 1:
             raise ValueError(f"policy_delay must be >= 1, got {policy_delay}.")
+        if critic_max_grad_norm is not None and not critic_max_grad_norm > 0:
+            raise ValueError(
+                f"critic_max_grad_norm must be > 0 or None, got {critic_max_grad_norm}."
+            )
         self.actor_optimizer = actor_optimizer
         self.critic_optimizer = critic_optimizer
         self.policy_delay = int(policy_delay)
@@ -393,6 +403,7 @@ class DelayedActorStepper(OptimizationStepper):
         self.compile = compile
         self._compiled: dict[str, CompiledCall] = {}
         self.grad_norms = grad_norms
+        self.critic_max_grad_norm = critic_max_grad_norm
         self.num_steps = 0
         self.num_actor_steps = 0
         self._last_actor_loss = torch.full((), float("nan"))
@@ -405,7 +416,13 @@ class DelayedActorStepper(OptimizationStepper):
             self.critic_optimizer.zero_grad(set_to_none=True)
             critic_loss.backward()
             out = TensorDict(loss_qvalue=critic_loss.detach())
-            if self.grad_norms:
+            if self.critic_max_grad_norm is not None:
+                norm = torch.nn.utils.clip_grad_norm_(
+                    _params(self.critic_optimizer), self.critic_max_grad_norm
+                )
+                if self.grad_norms:  # the norm before the clip
+                    out["grad_norm_qvalue"] = norm.detach()
+            elif self.grad_norms:
                 out["grad_norm_qvalue"] = _grad_norm(self.critic_optimizer)
             self.critic_optimizer.step()
             if self.num_steps % self.policy_delay == 0:
@@ -458,10 +475,67 @@ class DelayedActorStepper(OptimizationStepper):
         self._last_actor_grad_norm = state_dict.get("last_actor_grad_norm", nan).clone()
 
 
+class PolicyAverageHook(TrainerHookBase):
+    """An exponential moving average of a policy's weights, after every batch.
+
+    ``average <- decay * average + (1 - decay) * online`` once per collected batch
+    (at ``"post_steps"``, after the gradient steps). :attr:`policy` is a copy of
+    the policy that carries the averaged weights: evaluate it (or act with it) in
+    place of the online one, whose every gradient step it smooths over about
+    ``1 / (1 - decay)`` batches. Its state (the averaged weights) is saved with the
+    trainer's.
+
+    Args:
+        policy (nn.Module): the online policy (its weights are read, not changed).
+
+    Keyword Args:
+        decay (float): in ``[0, 1)``; ``0`` follows the online policy.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict.nn import TensorDictModule
+        >>> online = TensorDictModule(torch.nn.Linear(1, 1, bias=False), ["x"], ["y"])
+        >>> _ = torch.nn.init.zeros_(online.module.weight)
+        >>> hook = PolicyAverageHook(online, decay=0.5)
+        >>> with torch.no_grad():
+        ...     _ = online.module.weight.fill_(4.0)
+        >>> hook()
+        >>> hook.policy.module.weight.item()
+        2.0
+    """
+
+    def __init__(self, policy: torch.nn.Module, *, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must lie in [0, 1), got {decay}.")
+        self.decay = float(decay)
+        self.policy = copy.deepcopy(policy)
+        self._online = TensorDict.from_module(policy)
+        self._average = TensorDict.from_module(self.policy)
+
+    @torch.no_grad()
+    def __call__(self, batch: TensorDictBase | None = None) -> None:
+        self._average.lerp_(self._online, 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"average": self._average.clone().to_dict()}
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._average.update_(TensorDict(state_dict["average"], []))
+
+    def register(self, trainer: Trainer, name: str = "policy_average") -> None:
+        trainer.register_module(name, self)
+        trainer.register_op("post_steps", self)
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def _grad_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
     """Total 2-norm of the gradients of ``optimizer``'s parameters."""
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
-    return torch.nn.utils.get_total_norm([g for g in grads if g is not None]).detach()
+    grads = [p.grad for p in _params(optimizer) if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads).detach()
 
 
 def _soft_update(loss_module: LossModule, tau: float) -> SoftUpdate:

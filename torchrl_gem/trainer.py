@@ -3,8 +3,9 @@
 Two modules by role, both re-exported here:
 
 - :mod:`torchrl_gem.schedule`: GEM's schedule (:class:`BulkTargetUpdateHook`,
-  :class:`MemoryRefreshHook`, :class:`DelayedActorStepper`, :func:`bulk_tau`) and the
-  DQN-style :class:`HardTargetUpdateHook`;
+  :class:`MemoryRefreshHook`, :class:`DelayedActorStepper`, :func:`bulk_tau`), the
+  DQN-style :class:`HardTargetUpdateHook` and :class:`PolicyAverageHook` (an
+  averaged policy to evaluate);
 - :mod:`torchrl_gem.monitoring`: what watches a run (:class:`EvaluationHook`,
   :class:`FiniteCheckHook`, :class:`EpisodeStats`, :class:`RunTiming`,
   :class:`ProgressBar`).
@@ -26,6 +27,7 @@ from torchrl_gem.schedule import (
     DelayedActorStepper,
     HardTargetUpdateHook,
     MemoryRefreshHook,
+    PolicyAverageHook,
     bulk_tau,
 )
 
@@ -37,6 +39,7 @@ __all__ = [
     "FiniteCheckHook",
     "HardTargetUpdateHook",
     "MemoryRefreshHook",
+    "PolicyAverageHook",
     "ProgressBar",
     "RunTiming",
     "bulk_tau",
