@@ -479,3 +479,23 @@ def test_fp32_is_the_default_and_runs_no_autocast(tmp_path, monkeypatch):
     assert cfg.optim.precision == "fp32"
     recipe.train(cfg)
     assert seen == {False}
+
+
+def test_bf16_parity_on_a_trained_checkpoint(tmp_path):
+    """benchmarks/atari_parity.py on a (barely) trained run: every quantity of the
+    parity report, finite, and bf16 within a few percent of fp32 at the median."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import atari_parity
+
+    run(tiny("gem", tmp_path))
+    rows = atari_parity.parity(tmp_path, states=64)
+    assert set(rows) == {
+        "Q-values, sub networks (4)",
+        "Q-values, meta networks (2)",
+        "refreshed memory returns",
+        "gradient step's losses",
+    }
+    for name, (median, p99) in rows.items():
+        assert 0 < median < 0.05 and median <= p99 < 1.0, name

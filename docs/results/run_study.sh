@@ -1,25 +1,40 @@
 #!/usr/bin/env bash
-# The 100k-step MuJoCo study of docs/results/README.md: a queue of runs, two at a time
-# at one torch thread each on a 2-core machine. Re-launching skips every run whose
-# committed logs reach the budget (checkpoints are not committed, so a fresh machine
-# knows a finished run by its logs) and resumes an unfinished one from its last
-# checkpoint (checkpoint.resume=auto). Run from the repository root:
-#   bash docs/results/run_study.sh            # every part: 1, 2, 4, then 3
+# The studies of docs/results/README.md as one queue of runs, two at a time at one
+# torch thread each on a 2-core machine. Re-launching skips every run whose committed
+# logs reach its budget (checkpoints are not committed, so a fresh machine knows a
+# finished run by its logs), skips a run that another queue holds (a lock per run),
+# and resumes an unfinished one from its last checkpoint (checkpoint.resume=auto).
+# Run from the repository root:
+#   bash docs/results/run_study.sh            # every MuJoCo part: 1, 2, 4, then 3
 #   bash docs/results/run_study.sh 2 4        # only parts 2 and 4
-# SLOTS=N sets the queue width. Each run prints to runs/study_logs/<task>_<algo>_seed<N>.log (gitignored).
+#   bash docs/results/run_study.sh atari      # the Atari comparison
+# SLOTS=N sets the queue width. Each run prints to
+# runs/study_logs/<task>_<algo>_seed<N>.log (gitignored).
 set -euo pipefail
-FRAMES=100000
 SLOTS=${SLOTS:-2}
-budget=(
-  collector.total_frames=$FRAMES collector.init_random_frames=10000
+# MuJoCo: 100k frames, 10k random warm-up, an evaluation every 5k frames of 10 episodes
+mujoco=(
+  collector.total_frames=100000 collector.init_random_frames=10000
   logger.eval_interval=5000 logger.eval_episodes=10 optim.num_threads=1
   checkpoint.interval=10000 checkpoint.resume=auto logger.progress_bar=false
   logger.snapshots=true  # actors kept (not committed) for recipes/reevaluate.py
 )
+# Atari: 200k agent steps, the released schedule scaled to them (epsilon annealed over
+# the first 40%, a target copy and full refresh 16 times per run: every 625 gradient
+# steps), an evaluation every 10k steps of 10 episodes at epsilon 0.05
+atari=(
+  collector.total_frames=200000 memory.capacity=200000
+  explore.annealing_frames=80000 algo.target_update_interval=625
+  logger.eval_interval=10000 logger.eval_episodes=10 optim.num_threads=1
+  checkpoint.interval=10000 checkpoint.resume=auto logger.progress_bar=false
+)
 
-# One line per run: "<task> <algo> <seed> [extra overrides...]". Precision: part 1's
-# Hopper and Walker2d runs are fp32 (begun before bf16 became the recipe's default);
-# every other run takes the recipe's default (bf16, compiled where it applies).
+# One line per run: "<task> <algo> <seed> [extra overrides...]"; an ALE/ task runs
+# the Atari recipe. Precision: part 1's Hopper and Walker2d runs are fp32 (begun
+# before bf16 became the recipe's default); every other MuJoCo run takes the recipe's
+# default (bf16, compiled where it applies). Every Atari run is bf16 (the same for
+# the three algorithms; benchmarks/atari_parity.py checks it on the first trained
+# checkpoint).
 part() {
   case $1 in
   1)  # gem against td3, seeds 0-2
@@ -37,28 +52,37 @@ part() {
   4)  # gem and td3 to five seeds
     for task in Hopper-v5 Walker2d-v5 HalfCheetah-v5; do for seed in 3 4; do
       for algo in gem td3; do echo "$task $algo $seed"; done; done; done ;;
+  atari)  # GEM-DQN against DQN and DDQN on two of the paper's games, seeds 0-2
+    for seed in 0 1 2; do for task in ALE/MsPacman-v5 ALE/Frostbite-v5; do
+      for algo in gem dqn ddqn; do echo "$task $algo $seed optim.precision=bf16"
+      done; done; done ;;
   esac
 }
 
-finished() {  # $1: run dir; true when its evaluation log reaches the budget
+finished() {  # $1: run dir, $2: its budget; true when its evaluation log reaches it
   local log=$1/logs/scalars/eval/return_mean.csv
-  [[ -f $log ]] && awk -F, -v n=$FRAMES '$1 >= n {found = 1} END {exit !found}' "$log"
+  [[ -f $log ]] && awk -F, -v n="$2" '$1 >= n {found = 1} END {exit !found}' "$log"
 }
 
 run_one() {  # one queue line
   read -r task algo seed extra <<<"$1"
-  local dir=docs/results/runs/$task/$algo/seed$seed
-  if finished "$dir"; then echo "skip $dir (finished)"; return 0; fi
-  exec 9>"runs/study_logs/${task}_${algo}_seed$seed.lock"
+  local recipe=gem_mujoco dir=docs/results/runs/$task/$algo/seed$seed frames=100000
+  local -a budget=("${mujoco[@]}")
+  if [[ $task == ALE/* ]]; then
+    recipe=gem_atari dir=docs/results/atari/${task#ALE/}/$algo/seed$seed frames=200000
+    budget=("${atari[@]}")
+  fi
+  local name=${task#ALE/}_${algo}_seed$seed
+  if finished "$dir" "$frames"; then echo "skip $dir (finished)"; return 0; fi
+  exec 9>"runs/study_logs/$name.lock"
   if ! flock -n 9; then echo "skip $dir (running in another queue)"; return 0; fi
   echo "$(date +%H:%M) start $dir"
   # shellcheck disable=SC2086
-  if python recipes/gem_mujoco.py "${budget[@]}" "env.name=$task" "algo=$algo" \
-    "seed=$seed" "logger.run_dir=$dir" $extra \
-    >"runs/study_logs/${task}_${algo}_seed$seed.log" 2>&1; then
+  if python "recipes/$recipe.py" "${budget[@]}" "env.name=$task" "algo=$algo" \
+    "seed=$seed" "logger.run_dir=$dir" $extra >"runs/study_logs/$name.log" 2>&1; then
     echo "$(date +%H:%M) done $dir"
   else
-    echo "$(date +%H:%M) FAILED $dir (see runs/study_logs)"
+    echo "$(date +%H:%M) FAILED $dir (see runs/study_logs/$name.log)"
   fi
 }
 
