@@ -2,6 +2,7 @@
 
     python recipes/plot.py RUN_DIR [RUN_DIR ...] --out curves.png
     python recipes/plot.py fp32=runs/Hopper-v5/gem bf16=bf16/Hopper-v5/gem  # labels
+    python recipes/plot.py docs/results/runs --stats gem  # IQM, intervals, P(gem > x)
 
 Each RUN_DIR is a run directory (it holds ``run_info.json``, written by the recipe) or
 any folder above run directories (``runs/`` or ``runs/Hopper-v5``); ``LABEL=RUN_DIR``
@@ -21,6 +22,13 @@ gives their final values.
 
 A last table gives the time the runs took per 100k frames, from their ``time/*``
 logs (collection, gradient steps and every trainer hook, which hold the rest).
+
+``--stats ALGO`` adds the study's statistics (``stats.py``, rliable's conventions):
+per task the IQM of the runs' scores (the mean of their last five evaluations) with
+its 95% stratified bootstrap interval, mean ± std, the worst run, the drawdown from
+50k frames and the probability that ALGO improves on each algorithm; then the same
+over the tasks, normalised (:data:`NORMALISATION`), and a performance-profile figure
+next to ``--out``.
 
 Logs hold each step once (the recipes cut them back on resume). Logs written before
 that may repeat the steps between a checkpoint and a kill: they are read with the
