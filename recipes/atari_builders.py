@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from config import compile_enabled, network_precision
 from interaction import PIXELS
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
@@ -24,7 +25,7 @@ from torchrl.trainers import (
     TrainerHookBase,
 )
 
-from torchrl_gem import GEMDQNLoss, make_gem_dqn_policy, make_nature_cnn_qnet, precision
+from torchrl_gem import GEMDQNLoss, make_gem_dqn_policy, make_nature_cnn_qnet
 from torchrl_gem.frames import FrameEpisodicMemory
 
 
@@ -68,7 +69,7 @@ def make_agent(cfg: DictConfig, action_spec) -> tuple[Any, TensorDictModuleBase]
             gamma=cfg.optim.gamma,
             value_chunk_size=cfg.memory.value_chunk_size,
             precision=network_precision(cfg),  # the refresh's target passes
-            compile=cfg.optim.compile is not False,  # null: on for gem
+            compile=compile_enabled(cfg),  # null: on for gem
         )
         loss.select_out_keys("loss_sub", "loss_meta")  # scalars for the trainer log
         return loss, make_gem_dqn_policy(loss, spec=action_spec)
@@ -111,11 +112,6 @@ def make_stepper(cfg: DictConfig, loss) -> TimedStepper:
         clip_norm=cfg.optim.max_grad_norm,
         device_type="cpu",
     )
-
-
-def network_precision(cfg: DictConfig) -> str:
-    """``optim.precision``, or fp32 where this machine has no fast bf16."""
-    return precision.resolve(str(cfg.optim.precision), "cpu")
 
 
 def make_memory(cfg: DictConfig) -> FrameEpisodicMemory:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from config import compile_enabled
+from config import compile_enabled, network_precision
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
@@ -32,7 +32,6 @@ from torchrl_gem import (
     TwinBackPropEstimator,
     make_gem_actor,
     make_gem_critics,
-    precision,
 )
 from torchrl_gem._ensemble import call_ensemble
 from torchrl_gem.estimator import default_twin_groups
@@ -246,11 +245,6 @@ def make_agent(cfg: DictConfig, obs_dim: int, spec: Bounded):
         )
     attach_value_estimator(loss, cfg)
     return actor, loss, per_step_target, bulk_target
-
-
-def network_precision(cfg: DictConfig) -> str:
-    """``optim.precision``, or fp32 where this machine has no fast bf16."""
-    return precision.resolve(str(cfg.optim.precision), cfg.network.device)
 
 
 def critic_parameters(loss):

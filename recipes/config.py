@@ -50,6 +50,8 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from torchrl_gem import precision
+
 HERE = Path(__file__).resolve().parent
 MUJOCO_CONFIG = "gem_mujoco"  # the primary config file, recipes/gem_mujoco.yaml
 MUJOCO_SCHEMA = "gem_mujoco_schema"  # MujocoConfig's name in Hydra's ConfigStore
@@ -804,6 +806,13 @@ def check_algo(algo: DictConfig, field_path: str = "algo") -> None:
             f"{algo.target_assignment} needs loss=gem (GEMLoss), got "
             f"loss={algo.loss}; use broadcast",
         )
+
+
+def network_precision(cfg: DictConfig) -> str:
+    """``optim.precision``, or fp32 where the networks' device has no fast bf16 (the
+    Atari recipe's config has no network section: its networks are on the CPU)."""
+    device = cfg.get("network", {}).get("device", "cpu")
+    return precision.resolve(str(cfg.optim.precision), device)
 
 
 def compile_enabled(cfg: DictConfig) -> bool:

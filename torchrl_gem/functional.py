@@ -119,7 +119,9 @@ def twin_backprop_return(
     lengths = torch.diff(ends, prepend=ends.new_full((1,), -1))
     # the scan is exact whenever the horizon cap removes no candidate
     if max_horizon is None or max_horizon >= int(lengths.max()) + int(zero_tail):
-        selected, horizon = _scan(gamma, bootstrap, reward, ends, lengths, tail)
+        selected, horizon = _scan(
+            gamma, bootstrap, reward, ends, lengths, tail, return_horizon
+        )
     else:
         selected, horizon = _horizon_limited(
             gamma, bootstrap, reward, end, tail, max_horizon
@@ -186,11 +188,13 @@ def _scan(
     ends: Tensor,
     lengths: Tensor,
     tail: Tensor | None,
-) -> Tensor:
+    track_horizon: bool,
+) -> tuple[Tensor, Tensor | None]:
     """Exact O(T) backward scan over the unbounded horizon.
 
-    Returns the other estimator's value at each selector's best horizon, and that
-    horizon (float).
+    Returns the other estimator's value at each selector's best horizon, and, with
+    ``track_horizon``, that horizon (float; else ``None``: the refresh's hot loop
+    skips it).
 
     For ``n >= 2`` the candidates obey ``G^k_t(n) = r_t + gamma G^k_{t+1}(n - 1)``, a
     monotone map, so the best candidate at ``t`` is either ``n = 1`` or one step
@@ -245,12 +249,15 @@ def _scan(
         take_one_step = bootstraps[t] >= best
         best = rewards[t] + gamma * xp.maximum(bootstraps[t], best)
         evaluated = rewards[t] + gamma * xp.where(take_one_step, others[t], evaluated)
-        horizon = xp.where(take_one_step, 1.0, horizon + 1.0)
         outputs.append(evaluated)
-        horizons.append(horizon)
+        if track_horizon:
+            horizon = xp.where(take_one_step, 1.0, horizon + 1.0)
+            horizons.append(horizon)
     unpack = lambda blocks: torch.as_tensor(  # noqa: E731
         xp.concatenate(blocks[::-1]), device=packed.device
     )[flat_index].reshape(bootstrap.shape)
+    if not track_horizon:
+        return unpack(outputs), None
     if gamma == 0.0:  # every candidate is r_t: the tie goes to n = 1
         return unpack(outputs), torch.ones_like(bootstrap)
     return unpack(outputs), unpack(horizons)
