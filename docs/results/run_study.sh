@@ -8,6 +8,7 @@
 #   bash docs/results/run_study.sh            # every MuJoCo part: 1, 4, 2, then 3
 #   bash docs/results/run_study.sh 2 4        # only parts 2 and 4
 #   bash docs/results/run_study.sh atari      # the Atari comparison
+#   bash docs/results/run_study.sh stable     # stable-GEM screening on Hopper
 # SLOTS=N sets the queue width. Each run prints to
 # runs/study_logs/<task>_<algo>_seed<N>.log (gitignored).
 set -euo pipefail
@@ -29,8 +30,8 @@ atari=(
   checkpoint.interval=10000 checkpoint.resume=auto logger.progress_bar=false
 )
 
-# One line per run: "<task> <algo> <seed> [extra overrides...]"; an ALE/ task runs
-# the Atari recipe. Precision: part 1's Hopper and Walker2d runs are fp32 (begun
+# One line per run: "<task> <algo> <seed> [@label] [extra overrides...]"; an ALE/ task
+# runs the Atari recipe; a labelled run (a variant of algo) goes to stable/<task>/<label>. Precision: part 1's Hopper and Walker2d runs are fp32 (begun
 # before bf16 became the recipe's default); every other MuJoCo run takes the recipe's
 # default (bf16, compiled where it applies). Every Atari run is bf16 (the same for
 # the three algorithms; benchmarks/atari_parity.py checks it on the first trained
@@ -52,6 +53,12 @@ part() {
   4)  # gem and td3 to five seeds (gem's two first: the stable-GEM issue reads them)
     for task in Hopper-v5 Walker2d-v5 HalfCheetah-v5; do for algo in gem td3; do
       for seed in 3 4; do echo "$task $algo $seed"; done; done; done ;;
+  stable)  # stable-GEM candidates (docs/results/README.md), one per family, seeds 0-2
+    for seed in 0 1 2; do
+      echo "Hopper-v5 gem $seed @max_horizon5 gem.max_horizon=5"
+      echo "Hopper-v5 gem $seed @asymmetry0.25 gem.asymmetry=0.25"
+      echo "Hopper-v5 gem $seed @actor_average0.95 optim.actor_average=0.95"
+    done ;;
   atari)  # GEM-DQN against DQN and DDQN on two of the paper's games, seeds 0-2
     for seed in 0 1 2; do for task in ALE/MsPacman-v5 ALE/Frostbite-v5; do
       for algo in gem dqn ddqn; do echo "$task $algo $seed optim.precision=bf16"
@@ -73,6 +80,11 @@ run_one() {  # one queue line
     budget=("${atari[@]}")
   fi
   local name=${task#ALE/}_${algo}_seed$seed
+  if [[ $extra == @* ]]; then
+    local label=${extra%% *}
+    label=${label#@} extra=${extra#"@$label"}
+    dir=docs/results/stable/$task/$label/seed$seed name=${task}_${label}_seed$seed
+  fi
   if finished "$dir" "$frames"; then echo "skip $dir (finished)"; return 0; fi
   exec 9>"runs/study_logs/$name.lock"
   if ! flock -n 9; then echo "skip $dir (running in another queue)"; return 0; fi
