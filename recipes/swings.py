@@ -11,6 +11,11 @@ gradient norms, the memory's targets), the table compares three groups of
 evaluations from ``--start`` on: the drops, the evaluations just before a drop, and
 the others. A quantity that moves *before* a drop shows in the second column; one
 that moves only with it, in the first. The stability figure is ``stats.drawdown``.
+
+``--out PNG`` also draws each run's curves (one column per run): the evaluation
+return, then every logged quantity against frames, with the drops marked by red
+lines on every panel, so that what moves before a drop can be seen, not only
+averaged.
 """
 
 from __future__ import annotations
@@ -126,14 +131,66 @@ def report(table: dict, summary: dict, start: int, fraction: float) -> str:
     return "\n".join(lines)
 
 
+def plot_swings(runs: list[Path], start: int, fraction: float, out: Path) -> Path:
+    """One column per run: the return and each logged quantity, drops marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
+
+    curves = {run: read_scalar(run, RETURN) for run in runs}
+    curves = {run: curve for run, curve in curves.items() if curve}
+    rows = {"evaluation return": RETURN}
+    rows.update(
+        (name, key)
+        for name, (key, _) in QUANTITIES.items()
+        if any(read_scalar(run, key) for run in curves)
+    )
+    fig, axes = plt.subplots(
+        len(rows),
+        len(curves),
+        figsize=(3.6 * len(curves), 1.7 * len(rows)),
+        sharex=True,
+        squeeze=False,
+    )
+    for column, (run, curve) in enumerate(curves.items()):
+        dropped = [curve[index][0] for index in drops(curve, start, fraction)]
+        for row, (name, key) in enumerate(rows.items()):
+            ax = axes[row, column]
+            series = read_scalar(run, key)
+            if series:
+                ax.plot(*zip(*series, strict=True), lw=1, marker="." * (row == 0))
+            for frame in dropped:
+                ax.axvline(frame, color="tab:red", lw=0.8, alpha=0.6)
+            ax.axvline(start, color="grey", lw=0.6, ls=":")
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+            if column == 0:
+                ax.set_ylabel(name, fontsize=7)
+        axes[0, column].set_title("/".join(run.parts[-3:]), fontsize=8)
+        axes[-1, column].set_xlabel("environment frames", fontsize=7)
+        axes[-1, column].xaxis.set_major_formatter(EngFormatter(sep=""))
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories or folders above")
     parser.add_argument("--start", type=int, default=50_000, help="first frame")
     parser.add_argument("--fraction", type=float, default=0.5, help="of the best")
+    parser.add_argument("--out", type=Path, help="PNG of each run's curves")
     args = parser.parse_args(argv)
-    table, summary = analyse(find_runs(args.runs), args.start, args.fraction)
+    runs = find_runs(args.runs)
+    table, summary = analyse(runs, args.start, args.fraction)
     print(report(table, summary, args.start, args.fraction))
+    if args.out:
+        print(f"\nwrote {plot_swings(runs, args.start, args.fraction, args.out)}")
 
 
 if __name__ == "__main__":

@@ -149,10 +149,9 @@ def test_plot_stats_table_by_hand():
     assert f"| gem | 1 | 2 | {expected:.2f} [" in table
 
 
-def test_swings_groups_the_evaluations_around_drops(tmp_path):
+def _swinging_run(tmp_path):
+    """A run whose evaluations drop at 30 and 50 (of its best so far, 100)."""
     import json
-
-    import swings
 
     run = tmp_path / "Hopper-v5" / "gem" / "seed0"
     scalars = run / "logs" / "scalars"
@@ -170,6 +169,13 @@ def test_swings_groups_the_evaluations_around_drops(tmp_path):
     ):
         text = "".join(f"{frame},{value}\n" for frame, value in rows)
         (scalars / f"{name}.csv").write_text(text)
+    return run
+
+
+def test_swings_groups_the_evaluations_around_drops(tmp_path):
+    import swings
+
+    run = _swinging_run(tmp_path)
     table, summary = swings.analyse([run], start=20, fraction=0.5)
     # drops at 30 and 50; just before them: 20 and 40; no other from 20 on
     assert table["critics' bias (eval)"] == {
@@ -183,6 +189,29 @@ def test_swings_groups_the_evaluations_around_drops(tmp_path):
     assert (count, total) == (2, 4)
     # best so far 100 from frame 10: losses .1 .7 .05 .8 over the four evaluations
     assert drawdown == pytest.approx((0.1 + 0.7 + 0.05 + 0.8) / 4)
+
+
+def test_swings_figure_has_a_row_per_logged_quantity(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    import swings
+
+    run = _swinging_run(tmp_path)
+    saved = {}
+    monkeypatch.setattr(
+        plt.Figure, "savefig", lambda fig, out, **_: saved.update(fig=fig)
+    )
+    swings.plot_swings([run], start=20, fraction=0.5, out=tmp_path / "swings.png")
+    axes = saved["fig"].axes
+    # the return, then the two quantities this run logged (bias, critic loss)
+    assert [ax.get_ylabel() for ax in axes] == [
+        "evaluation return",
+        "critics' bias (eval)",
+        "critic loss",
+    ]
+    red = [
+        line.get_xdata()[0] for line in axes[1].lines if line.get_color() == "tab:red"
+    ]
+    assert red == [30, 50]  # the drops, marked on every panel
 
 
 def test_plot_profiles_writes_a_figure(tmp_path):
