@@ -3,6 +3,7 @@
     python recipes/plot.py RUN_DIR [RUN_DIR ...] --out curves.png
     python recipes/plot.py fp32=runs/Hopper-v5/gem bf16=bf16/Hopper-v5/gem  # labels
     python recipes/plot.py docs/results/runs --stats gem  # IQM, intervals, P(gem > x)
+    python recipes/plot.py docs/results/runs --curves gem,td3  # draw two, tabulate all
 
 Each RUN_DIR is a run directory (it holds ``run_info.json``, written by the recipe) or
 any folder above run directories (``runs/`` or ``runs/Hopper-v5``); ``LABEL=RUN_DIR``
@@ -24,11 +25,12 @@ A last table gives the time the runs took per 100k frames, from their ``time/*``
 logs (collection, gradient steps and every trainer hook, which hold the rest).
 
 ``--stats ALGO`` adds the study's statistics (``stats.py``, rliable's conventions):
-per task the IQM of the runs' scores (the mean of their last five evaluations) with
-its 95% stratified bootstrap interval, mean ± std, the worst run, the drawdown from
-50k frames and the probability that ALGO improves on each algorithm; then the same
-over the tasks, normalised (:data:`NORMALISATION`), and a performance-profile figure
-next to ``--out``.
+first the paper's table (algorithm x task: IQM [95% CI], mean ± std, runs and
+precision per cell), then per task the IQM of the runs' scores (the mean of their
+last five evaluations) with its 95% stratified bootstrap interval, mean ± std, the
+worst run, the drawdown from 50k frames and the probability that ALGO improves on
+each algorithm; then the same over the tasks, normalised (:data:`NORMALISATION`),
+and a performance-profile figure next to ``--out``.
 
 Logs hold each step once (the recipes cut them back on resume). Logs written before
 that may repeat the steps between a checkpoint and a kill: they are read with the
@@ -243,6 +245,50 @@ def _interval(point: float, low: float, high: float) -> str:
     return f"{point:.1f} [{low:.1f}, {high:.1f}]"
 
 
+def precisions(runs) -> dict[tuple[str, str], str]:
+    """``{(task, algo): precision}``: the runs' ``optim.precision`` (their
+    ``config.yaml``), joined by ``+`` where a group mixes them, ``?`` if unknown."""
+    from omegaconf import OmegaConf
+
+    found: dict[tuple[str, str], set] = defaultdict(set)
+    for run, key in _group_keys(runs).items():
+        config = run / "config.yaml"
+        optim = OmegaConf.load(config).get("optim", {}) if config.is_file() else {}
+        found[key].add(str(optim.get("precision", "?")))
+    return {key: "+".join(sorted(values)) for key, values in found.items()}
+
+
+def paper_table(
+    groups: dict, precision: dict | None = None, last: int = 5, reps: int = 2000
+) -> str:
+    """The paper's layout: one row per algorithm, one column per task; each cell
+    the IQM [95% CI] of the runs' scores (the mean of their ``last`` evaluations),
+    then mean ± std (runs, precision)."""
+    tasks = sorted({task for task, _ in groups})
+    algos = sorted({algo for _, algo in groups})
+    lines = ["| algorithm | " + " | ".join(tasks) + " |"]
+    lines.append("|---|" + "---:|" * len(tasks))
+    for algo in algos:
+        cells = [algo]
+        for task in tasks:
+            if (task, algo) not in groups:
+                cells.append("")
+                continue
+            values = final_scores(groups[task, algo], last)
+            iqm, low, high = stats.stratified_bootstrap(
+                [values], lambda t: stats.iqm(t[0]), reps=reps
+            )
+            mean, std = _mean_std(values.tolist())
+            note = f"{len(values)}" + (
+                f", {precision[task, algo]}" if precision else ""
+            )
+            cells.append(
+                f"{iqm:.0f} [{low:.0f}, {high:.0f}]<br>{mean:.0f} ± {std:.0f} ({note})"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def stats_table(
     groups: dict, reference: str = "gem", last: int = 5, reps: int = 2000
 ) -> str:
@@ -445,9 +491,12 @@ def plot_groups(
     return out
 
 
-def plot_runs(paths, out, *, metric: str = METRIC, quiet: bool = False) -> str:
+def plot_runs(
+    paths, out, *, metric: str = METRIC, curves=None, quiet: bool = False
+) -> str:
     """Find the runs under ``paths`` (``LABEL=PATH`` allowed), write the figure to
-    ``out``, return the table."""
+    ``out`` (only the algorithms in ``curves``, if given), return the tables (of
+    every run)."""
     runs = labelled_runs(paths)
     groups = collect(runs, metric)
     if not groups:
@@ -459,7 +508,18 @@ def plot_runs(paths, out, *, metric: str = METRIC, quiet: bool = False) -> str:
         }
         if not diagnostics[Q_BIAS]:
             diagnostics = None  # runs from before the diagnostic existed
-    plot_groups(groups, out, metric, diagnostics)
+
+    def drawn(groups: dict) -> dict:
+        return {k: v for k, v in groups.items() if curves is None or k[1] in curves}
+
+    if curves is not None and not drawn(groups):
+        raise SystemExit(f"--curves {','.join(curves)}: none of these algorithms ran")
+    plot_groups(
+        drawn(groups),
+        out,
+        metric,
+        diagnostics and {name: drawn(d) for name, d in diagnostics.items()},
+    )
     table = markdown_table(groups)
     if diagnostics:
         table += "\n\n" + bias_table(diagnostics)
@@ -480,6 +540,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="curves.png", help="PNG file to write")
     parser.add_argument("--metric", default=METRIC, help="CSV scalar to plot")
     parser.add_argument(
+        "--curves",
+        metavar="ALGO,...",
+        type=lambda text: text.split(","),
+        help="draw only these algorithms (or labels); the tables cover every run",
+    )
+    parser.add_argument(
         "--stats",
         metavar="ALGO",
         help="also print IQM with 95%% bootstrap intervals and the probability that "
@@ -495,13 +561,15 @@ def main(argv=None) -> None:
     if args.clean:
         for file in clean_logs(labelled_runs(args.runs)):
             print(f"cleaned {file}")
-    plot_runs(args.runs, args.out, metric=args.metric)
-    if args.stats:
-        groups = collect(labelled_runs(args.runs))
-        print("\n" + stats_table(groups, args.stats))
+    if args.stats:  # the statistics first, then the curves' tables
+        runs = labelled_runs(args.runs)
+        groups = collect(runs)
+        print(paper_table(groups, precisions(runs)))
+        print("\n" + stats_table(groups, args.stats) + "\n")
         out = Path(args.out)
         profile = plot_profiles(groups, out.with_name(out.stem + "_profile.png"))
-        print(f"\nwrote {profile}")
+        print(f"wrote {profile}\n")
+    plot_runs(args.runs, args.out, metric=args.metric, curves=args.curves)
 
 
 if __name__ == "__main__":

@@ -534,6 +534,22 @@ def test_plot_labels_name_variants_of_one_algorithm(tmp_path, capsys):
     assert "| gem |" not in table
 
 
+def test_plot_curves_draws_some_algorithms_and_tabulates_all(
+    tmp_path, capsys, monkeypatch
+):
+    runs = tmp_path / "runs"
+    for algo, final in (("gem", 10.0), ("td3", 20.0), ("sac", 30.0)):
+        _fake_run(runs, "Hopper-v5", algo, 0, [(0, 1.0), (20, final)])
+    drawn = {}
+    monkeypatch.setattr(plot, "plot_groups", lambda groups, *_: drawn.update(groups))
+    plot.main([str(runs), "--curves", "gem,sac", "--out", str(tmp_path / "c.png")])
+    assert sorted(drawn) == [("Hopper-v5", "gem"), ("Hopper-v5", "sac")]
+    table = capsys.readouterr().out
+    assert "| Hopper-v5 | td3 | 1 | 20 | 20.0 ± 0.0 |" in table
+    with pytest.raises(SystemExit, match="--curves ddpg: none of these"):
+        plot.main([str(runs), "--curves", "ddpg", "--out", str(tmp_path / "c.png")])
+
+
 def test_plot_draws_the_overestimation_rows(tmp_path, capsys):
     runs = tmp_path / "runs"
     for seed, bias in ((0, 2.0), (1, 4.0)):

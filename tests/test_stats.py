@@ -222,3 +222,25 @@ def test_plot_profiles_writes_a_figure(tmp_path):
     }
     out = plot.plot_profiles(groups, tmp_path / "profile.png", last=1, reps=20)
     assert out.is_file() and out.stat().st_size > 1000
+
+
+def test_paper_table_is_algorithm_by_task_with_runs_and_precision(tmp_path):
+    import plot
+
+    runs = [_swinging_run(tmp_path / name) for name in ("a", "b", "c")]
+    for run, precision in zip(runs, ("bf16", "fp32"), strict=False):
+        (run / "config.yaml").write_text(f"optim:\n  precision: {precision}\n")
+    # the third run has no config.yaml
+    assert plot.precisions(runs) == {("Hopper-v5", "gem"): "?+bf16+fp32"}
+    assert plot.precisions(runs[:1]) == {("Hopper-v5", "gem"): "bf16"}
+
+    groups = {
+        ("Hopper-v5", "gem"): [[(0, 1.0), (10, 5.0)], [(0, 1.0), (10, 7.0)]],
+        ("Walker2d-v5", "td3"): [[(0, 1.0), (10, 2.0)]],
+    }
+    precision = {("Hopper-v5", "gem"): "bf16", ("Walker2d-v5", "td3"): "fp32"}
+    lines = plot.paper_table(groups, precision, last=1, reps=200).splitlines()
+    assert lines[0] == "| algorithm | Hopper-v5 | Walker2d-v5 |"
+    # scores 5 and 7: IQM 6, bootstrap interval [5, 7], mean 6 ± 1
+    assert lines[2] == "| gem | 6 [5, 7]<br>6 ± 1 (2, bf16) |  |"
+    assert lines[3] == "| td3 |  | 2 [2, 2]<br>2 ± 0 (1, fp32) |"
