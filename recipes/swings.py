@@ -15,7 +15,8 @@ that moves only with it, in the first. The stability figure is ``stats.drawdown`
 ``--out PNG`` also draws each run's curves (one column per run): the evaluation
 return, then every logged quantity against frames, with the drops marked by red
 lines on every panel, so that what moves before a drop can be seen, not only
-averaged.
+averaged. ``--detrend`` compares each quantity's residuals from its run's linear
+trend instead (drops come late, when slowly drifting quantities are high or low).
 """
 
 from __future__ import annotations
@@ -68,8 +69,29 @@ def value_at(series: dict[int, float], frame: int, previous: int, how: str):
     return float(np.mean(window)) if window else None
 
 
-def analyse(runs: list[Path], start: int, fraction: float) -> tuple[dict, dict]:
-    """``({quantity: {group: [values]}}, {run: (drops, evaluations, drawdown)})``."""
+def _residuals(points: list[tuple]) -> list[tuple]:
+    """``(frame, group, value)`` points with the value's least-squares line over
+    the frames subtracted.
+
+    Examples:
+        >>> _residuals([(0, "a", 1.0), (10, "b", 3.0), (20, "c", 2.0)])
+        [(0, 'a', -0.5), (10, 'b', 1.0), (20, 'c', -0.5)]
+    """
+    frames, groups, values = zip(*points, strict=True)
+    trend = np.polyval(np.polyfit(frames, values, 1), frames)
+    residuals = (np.asarray(values) - trend).round(12).tolist()
+    return list(zip(frames, groups, residuals, strict=True))
+
+
+def analyse(
+    runs: list[Path], start: int, fraction: float, detrend: bool = False
+) -> tuple[dict, dict]:
+    """``({quantity: {group: [values]}}, {run: (drops, evaluations, drawdown)})``.
+
+    ``detrend`` groups each quantity's residuals from its run's linear trend over
+    the evaluations from ``start`` on instead of its values: drops come late in a
+    run, so a quantity that only drifts with training would otherwise seem to move
+    with them."""
     table = {name: {"drop": [], "before": [], "other": []} for name in QUANTITIES}
     summary = {}
     for run in runs:
@@ -81,17 +103,24 @@ def analyse(runs: list[Path], start: int, fraction: float) -> tuple[dict, dict]:
         series = {
             name: dict(read_scalar(run, key)) for name, (key, _) in QUANTITIES.items()
         }
-        for index, (frame, _) in enumerate(curve):
-            if frame < start:
-                continue
-            group = (
-                "drop" if index in found else "before" if index in before else "other"
-            )
-            previous = curve[index - 1][0] if index else -1
-            for name, (_, how) in QUANTITIES.items():
+        for name, (_, how) in QUANTITIES.items():
+            points = []  # (frame, group, value) of the evaluations from start on
+            for index, (frame, _) in enumerate(curve):
+                previous = curve[index - 1][0] if index else -1
                 value = value_at(series[name], frame, previous, how)
-                if value is not None and math.isfinite(value):
-                    table[name][group].append(value)
+                if frame >= start and value is not None and math.isfinite(value):
+                    group = (
+                        "drop"
+                        if index in found
+                        else "before"
+                        if index in before
+                        else "other"
+                    )
+                    points.append((frame, group, value))
+            if detrend and len(points) > 1:
+                points = _residuals(points)
+            for _, group, value in points:
+                table[name][group].append(value)
         frames, values = zip(*curve, strict=True)
         summary[run] = (
             len(found),
@@ -185,9 +214,12 @@ def main(argv=None) -> None:
     parser.add_argument("--start", type=int, default=50_000, help="first frame")
     parser.add_argument("--fraction", type=float, default=0.5, help="of the best")
     parser.add_argument("--out", type=Path, help="PNG of each run's curves")
+    parser.add_argument(
+        "--detrend", action="store_true", help="group residuals from each run's trend"
+    )
     args = parser.parse_args(argv)
     runs = find_runs(args.runs)
-    table, summary = analyse(runs, args.start, args.fraction)
+    table, summary = analyse(runs, args.start, args.fraction, args.detrend)
     print(report(table, summary, args.start, args.fraction))
     if args.out:
         print(f"\nwrote {plot_swings(runs, args.start, args.fraction, args.out)}")

@@ -191,6 +191,20 @@ def test_swings_groups_the_evaluations_around_drops(tmp_path):
     assert drawdown == pytest.approx((0.1 + 0.7 + 0.05 + 0.8) / 4)
 
 
+def test_swings_detrend_groups_residuals_from_each_runs_line(tmp_path):
+    import swings
+
+    run = _swinging_run(tmp_path)
+    table, _ = swings.analyse([run], start=20, fraction=0.5, detrend=True)
+    # bias 3, 50, 4, 60 at 20..50: least-squares line 29.25 + 1.25 (frame - 35),
+    # i.e. 10.5, 23, 35.5, 48; residuals -7.5, 27, -31.5, 12
+    assert table["critics' bias (eval)"] == {
+        "drop": pytest.approx([27.0, 12.0]),
+        "before": pytest.approx([-7.5, -31.5]),
+        "other": [],
+    }
+
+
 def test_swings_figure_has_a_row_per_logged_quantity(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
     import swings
