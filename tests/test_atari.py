@@ -368,14 +368,21 @@ def test_smoke_run(algo, tmp_path):
     assert "ale" in payload["env"]
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_equals_uninterrupted_run(precision, tmp_path, monkeypatch):
+    from torchrl_gem import precision as precision_module
+
+    # bf16 forced on (the study's Atari runs are bf16, resumed through the
+    # mixed-precision stepper), whatever this CPU
+    monkeypatch.setattr(precision_module, "bf16_is_fast", lambda device: True)
     straight, split = tmp_path / "straight", tmp_path / "split"
-    run(tiny("gem", straight))
-    stopped = run(tiny("gem", split, "checkpoint.stop_after=200"))
+    chosen = f"optim.precision={precision}"
+    run(tiny("gem", straight, chosen))
+    stopped = run(tiny("gem", split, chosen, "checkpoint.stop_after=200"))
     assert stopped["frames"] == 200 and stopped["status"].startswith("stopped")
     shutil.copy(split / "checkpoints" / "last.pt", tmp_path / "stopped.pt")
     resume = f"checkpoint.resume={split / 'checkpoints' / 'last.pt'}"
-    assert run(tiny("gem", split, resume))["frames"] == 300
+    assert run(tiny("gem", split, chosen, resume))["frames"] == 300
     assert eval_csv(straight) == eval_csv(split)
     a = read_checkpoint(straight / "checkpoints" / "last.pt")
     b = read_checkpoint(split / "checkpoints" / "last.pt")
