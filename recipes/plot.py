@@ -28,7 +28,8 @@ logs (collection, gradient steps and every trainer hook, which hold the rest).
 first the paper's table (algorithm x task: IQM [95% CI], mean ± std, runs and
 precision per cell), then per task the IQM of the runs' scores (the mean of their
 last five evaluations) with its 95% stratified bootstrap interval, mean ± std, the
-worst run, the drawdown from 50k frames and the probability that ALGO improves on
+worst run, the drawdown over the run's second half (from 50k of 100k frames) and
+the probability that ALGO improves on
 each algorithm; then the same over the tasks, normalised (:data:`NORMALISATION`),
 and a performance-profile figure next to ``--out``.
 
@@ -294,19 +295,20 @@ def stats_table(
 ) -> str:
     """Per task and algorithm, over runs of the mean of the ``last`` evaluations:
     IQM with its 95% bootstrap interval, mean ± std, the worst run, the stability
-    figure (``stats.drawdown`` from 50k frames, mean ± std over runs) and the
+    figure (``stats.drawdown`` over the second half of each run: from 50k of 100k
+    frames; mean ± std over runs) and the
     probability that ``reference`` improves on the algorithm (``stats.py``;
     rliable's conventions). Then the aggregate over the tasks of
     :data:`NORMALISATION`, normalised."""
     lines = [
         f"| task | algorithm | runs | IQM [95% CI] | mean ± std | worst run | "
-        f"drawdown from 50k | P({reference} > algorithm) [95% CI] |",
+        f"drawdown, 2nd half | P({reference} > algorithm) [95% CI] |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     scores = {key: final_scores(curves, last) for key, curves in groups.items()}
     for (task, algo), values in scores.items():
         drawdowns = [
-            stats.drawdown(*zip(*curve, strict=True), start=50_000)
+            stats.drawdown(*zip(*curve, strict=True), start=curve[-1][0] // 2)
             for curve in groups[task, algo]
         ]
         iqm = stats.stratified_bootstrap([values], lambda t: stats.iqm(t[0]), reps=reps)
@@ -325,14 +327,17 @@ def stats_table(
         ]
         cells += [poi]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + aggregate_table(scores, reference, reps)
+    aggregate = aggregate_table(scores, reference, reps)
+    return "\n".join(lines) + ("\n\n" + aggregate if aggregate else "")
 
 
 def aggregate_table(scores: dict, reference: str, reps: int) -> str:
     """IQM of the normalised scores over the tasks each algorithm ran (of those in
     :data:`NORMALISATION`), and ``reference``'s probability of improvement over it
-    on the tasks both ran."""
+    on the tasks both ran; empty if none of the tasks has a normalisation."""
     algos = sorted({algo for _, algo in scores})
+    if not any(task in NORMALISATION for task, _ in scores):
+        return ""
     lines = [
         "| algorithm | tasks | runs | normalised IQM [95% CI] | "
         f"P({reference} > algorithm) [95% CI] |",
@@ -365,10 +370,14 @@ def aggregate_table(scores: dict, reference: str, reps: int) -> str:
     return "\n".join(lines)
 
 
-def plot_profiles(groups: dict, out: Path, last: int = 5, reps: int = 2000) -> Path:
+def plot_profiles(
+    groups: dict, out: Path, last: int = 5, reps: int = 2000
+) -> Path | None:
     """Performance profiles (rliable): per algorithm, the fraction of its runs over
     the tasks of :data:`NORMALISATION` whose normalised score exceeds ``tau``, with
-    95% stratified bootstrap bands."""
+    95% stratified bootstrap bands; ``None`` (no figure) if no task has one."""
+    if not any(task in NORMALISATION for task, _ in groups):
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
@@ -568,7 +577,8 @@ def main(argv=None) -> None:
         print("\n" + stats_table(groups, args.stats) + "\n")
         out = Path(args.out)
         profile = plot_profiles(groups, out.with_name(out.stem + "_profile.png"))
-        print(f"wrote {profile}\n")
+        if profile:
+            print(f"wrote {profile}\n")
     plot_runs(args.runs, args.out, metric=args.metric, curves=args.curves)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,14 +140,26 @@ def test_plot_stats_table_by_hand():
     }
     table = plot.stats_table(groups, "gem", reps=200)
     # scores gem 5, 7 and td3 6, 1: pairs (5>6 no, 5>1, 7>6, 7>1) -> 3/4
-    # (frames below 50k: no drawdown yet, nan)
-    assert "| Hopper-v5 | gem | 2 | 6.0 [5.0, 7.0] | 6.0 ± 1.0 | 5.0 | nan" in table
-    assert "| Hopper-v5 | td3 | 2 | 3.5 [1.0, 6.0] | 3.5 ± 2.5 | 1.0 | nan" in table
-    assert "| nan ± nan | 0.75 [" in table
+    # drawdown over the second half (frames 30-50): gem never falls; td3's second
+    # run sits at 1 below its best 9 -> 8/9 of it, its first at 0 -> 4/9 ± 4/9
+    assert (
+        "| Hopper-v5 | gem | 2 | 6.0 [5.0, 7.0] | 6.0 ± 1.0 | 5.0 | 0.00 ± 0.00 |"
+        in table
+    )
+    assert (
+        "| Hopper-v5 | td3 | 2 | 3.5 [1.0, 6.0] | 3.5 ± 2.5 | 1.0 | 0.44 ± 0.44 |"
+        in table
+    )
+    assert "| 0.44 ± 0.44 | 0.75 [" in table
     # normalised by Hopper's (random, reference) = (19.8, 3564.07)
     random, reference = plot.NORMALISATION["Hopper-v5"]
     expected = (6.0 - random) / (reference - random)
     assert f"| gem | 1 | 2 | {expected:.2f} [" in table
+    # a task without a normalisation (an Atari game): no aggregate, no profile
+    atari = {("ALE/Pong-v5", algo): curves for (_, algo), curves in groups.items()}
+    table = plot.stats_table(atari, "gem", reps=200)
+    assert "| ALE/Pong-v5 | td3 | 2 |" in table and "normalised" not in table
+    assert plot.plot_profiles(atari, Path("never-written.png")) is None
 
 
 def _swinging_run(tmp_path):
