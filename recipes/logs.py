@@ -86,6 +86,14 @@ def make_logger(cfg: DictConfig, run_dir: Path, resumed: dict | None = None):
     """
     name = f"{cfg.algo.name}_{cfg.env.name}_seed{cfg.seed}"
     resume_step = None if resumed is None else int(resumed["frames"])
+    for folder in (CSV_EXPERIMENT, "tensorboard"):
+        if resume_step is None and any((run_dir / folder).rglob("*.*")):
+            # a new run would append its steps to another run's
+            raise FileExistsError(
+                f"logger.run_dir={run_dir} already holds the {folder}/ logs of a "
+                "run that has no checkpoint to resume: choose another "
+                "logger.run_dir, or move those logs away"
+            )
     loggers = []
     for backend in map(str, cfg.logger.backends):
         if backend == "csv":

@@ -8,6 +8,7 @@ interruption, for the MuJoCo and the Atari recipe.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,9 @@ def test_mujoco_run_killed_between_checkpoints_logs_each_step_once(tmp_path):
     run_killed("gem_mujoco", tiny("gem", split, *both), kill_at=300, cwd=tmp_path)
     # the killed process evaluated past its last checkpoint (200)
     assert eval_steps(split)[-1] == 300
+    # TensorBoard reads event files in the order of their names, whose timestamps
+    # count seconds: the resumed process's file must not share the killed one's
+    time.sleep(1.1)
     gem_mujoco.train(gem_mujoco.load_config(tiny("gem", split, *both)))
     assert_logged_once_as_uninterrupted(split, straight)
 
@@ -181,6 +185,22 @@ def test_wandb_continues_the_run_of_the_checkpoint(tmp_path, monkeypatch):
     assert logs.wandb_run_id(resumed) == "run123"
     assert logs.wandb_run_id(logs.FanOutLogger([object(), resumed])) == "run123"
     assert logs.wandb_run_id(None) is None
+
+
+@pytest.mark.parametrize("folder", ["logs/scalars/eval", "tensorboard"])
+def test_a_new_run_refuses_another_runs_logs(folder, tmp_path):
+    import gem_mujoco
+
+    cfg = gem_mujoco.load_config(tiny("gem", tmp_path))
+    (tmp_path / "logs").mkdir()  # empty folders are no logs
+    logs.make_logger(cfg, tmp_path)
+    (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    (tmp_path / folder / "return_mean.csv").write_text("0,1.0\n")
+    name = folder.split("/")[0]
+    with pytest.raises(FileExistsError, match=f"already holds the {name}/ logs"):
+        logs.make_logger(cfg, tmp_path)
+    # resuming from a checkpoint continues those logs
+    logs.make_logger(cfg, tmp_path, {"frames": 0})
 
 
 # -------------------------------------------------------------------- plot
