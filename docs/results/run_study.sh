@@ -9,7 +9,8 @@
 #   bash docs/results/run_study.sh 2 4        # only parts 2 and 4
 #   bash docs/results/run_study.sh atari      # the Atari comparison
 #   bash docs/results/run_study.sh stable     # stable-GEM screening on Hopper
-# SLOTS=N sets the queue width. Each run prints to
+# SLOTS=N sets the queue width; STOP_AT=HH:MM starts no run after that time of day
+# (a session's end: a run killed there would lose its uncommitted progress). Each run prints to
 # runs/study_logs/<task>_<algo>_seed<N>.log (gitignored).
 set -euo pipefail
 SLOTS=${SLOTS:-2}
@@ -86,6 +87,10 @@ run_one() {  # one queue line
     dir=docs/results/stable/$task/$label/seed$seed name=${task}_${label}_seed$seed
   fi
   if finished "$dir" "$frames"; then echo "skip $dir (finished)"; return 0; fi
+  if [[ -n ${STOP_AT:-} && ! $(date +%H:%M) < $STOP_AT ]]; then
+    echo "skip $dir (STOP_AT $STOP_AT)"
+    return 0
+  fi
   exec 9>"runs/study_logs/$name.lock"
   if ! flock -n 9; then echo "skip $dir (running in another queue)"; return 0; fi
   echo "$(date +%H:%M) start $dir"
