@@ -29,9 +29,9 @@ first the paper's table (algorithm x task: IQM [95% CI], mean ± std, runs and
 precision per cell), then per task the IQM of the runs' scores (the mean of their
 last five evaluations) with its 95% stratified bootstrap interval, mean ± std, the
 worst run, the drawdown over the run's second half (from 50k of 100k frames) and
-the probability that ALGO improves on
-each algorithm; then the same over the tasks, normalised (:data:`NORMALISATION`),
-and a performance-profile figure next to ``--out``.
+the probability that ALGO improves on each algorithm; then the same over the tasks,
+normalised (:data:`NORMALISATION`), and a performance-profile figure next to
+``--out``.
 
 Logs hold each step once (the recipes cut them back on resume). Logs written before
 that may repeat the steps between a checkpoint and a kill: they are read with the
@@ -295,11 +295,10 @@ def stats_table(
 ) -> str:
     """Per task and algorithm, over runs of the mean of the ``last`` evaluations:
     IQM with its 95% bootstrap interval, mean ± std, the worst run, the stability
-    figure (``stats.drawdown`` over the second half of each run: from 50k of 100k
-    frames; mean ± std over runs) and the
-    probability that ``reference`` improves on the algorithm (``stats.py``;
-    rliable's conventions). Then the aggregate over the tasks of
-    :data:`NORMALISATION`, normalised."""
+    figure (``stats.drawdown`` over the second half of each run, from 50k of 100k
+    frames; mean ± std over runs) and the probability that ``reference`` improves
+    on the algorithm (``stats.py``; rliable's conventions). Then the aggregate
+    over the tasks of :data:`NORMALISATION`, normalised."""
     lines = [
         f"| task | algorithm | runs | IQM [95% CI] | mean ± std | worst run | "
         f"drawdown, 2nd half | P({reference} > algorithm) [95% CI] |",

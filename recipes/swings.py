@@ -103,20 +103,21 @@ def analyse(
         series = {
             name: dict(read_scalar(run, key)) for name, (key, _) in QUANTITIES.items()
         }
+        group_of = {
+            index: "drop"
+            if index in found
+            else "before"
+            if index in before
+            else "other"
+            for index in range(len(curve))
+        }
         for name, (_, how) in QUANTITIES.items():
             points = []  # (frame, group, value) of the evaluations from start on
             for index, (frame, _) in enumerate(curve):
                 previous = curve[index - 1][0] if index else -1
                 value = value_at(series[name], frame, previous, how)
                 if frame >= start and value is not None and math.isfinite(value):
-                    group = (
-                        "drop"
-                        if index in found
-                        else "before"
-                        if index in before
-                        else "other"
-                    )
-                    points.append((frame, group, value))
+                    points.append((frame, group_of[index], value))
             if detrend and len(points) > 1:
                 points = _residuals(points)
             for _, group, value in points:
@@ -189,7 +190,8 @@ def plot_swings(runs: list[Path], start: int, fraction: float, out: Path) -> Pat
             ax = axes[row, column]
             series = read_scalar(run, key)
             if series:
-                ax.plot(*zip(*series, strict=True), lw=1, marker="." * (row == 0))
+                marker = "." if row == 0 else None  # evaluations as points
+                ax.plot(*zip(*series, strict=True), lw=1, marker=marker)
             for frame in dropped:
                 ax.axvline(frame, color="tab:red", lw=0.8, alpha=0.6)
             ax.axvline(start, color="grey", lw=0.6, ls=":")
