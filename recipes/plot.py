@@ -290,18 +290,36 @@ def paper_table(
     return "\n".join(lines)
 
 
+def _poi_header(reference: str, others_improve: bool) -> str:
+    order = ("algorithm", reference) if others_improve else (reference, "algorithm")
+    return "P({} > {}) [95% CI]".format(*order)
+
+
+def _poi_cell(reference: list, other: list, others_improve: bool, reps: int) -> str:
+    """The probability of improvement (with its interval) of the reference's scores
+    over the other's, task by task, or of the other's over the reference's."""
+    x, y = (other, reference) if others_improve else (reference, other)
+    interval = stats.probability_of_improvement_interval(x, y, reps=reps)
+    return "{:.2f} [{:.2f}, {:.2f}]".format(*interval)
+
+
 def stats_table(
-    groups: dict, reference: str = "gem", last: int = 5, reps: int = 2000
+    groups: dict,
+    reference: str = "gem",
+    last: int = 5,
+    reps: int = 2000,
+    others_improve: bool = False,
 ) -> str:
     """Per task and algorithm, over runs of the mean of the ``last`` evaluations:
     IQM with its 95% bootstrap interval, mean ± std, the worst run, the stability
     figure (``stats.drawdown`` over the second half of each run, from 50k of 100k
     frames; mean ± std over runs) and the probability that ``reference`` improves
-    on the algorithm (``stats.py``; rliable's conventions). Then the aggregate
-    over the tasks of :data:`NORMALISATION`, normalised."""
+    on the algorithm (``others_improve``: that the algorithm improves on
+    ``reference``; ``stats.py``, rliable's conventions). Then the aggregate over
+    the tasks of :data:`NORMALISATION`, normalised."""
     lines = [
         f"| task | algorithm | runs | IQM [95% CI] | mean ± std | worst run | "
-        f"drawdown, 2nd half | P({reference} > algorithm) [95% CI] |",
+        f"drawdown, 2nd half | {_poi_header(reference, others_improve)} |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     scores = {key: final_scores(curves, last) for key, curves in groups.items()}
@@ -313,11 +331,7 @@ def stats_table(
         iqm = stats.stratified_bootstrap([values], lambda t: stats.iqm(t[0]), reps=reps)
         poi = ""
         if algo != reference and (task, reference) in scores:
-            poi = "{:.2f} [{:.2f}, {:.2f}]".format(
-                *stats.probability_of_improvement_interval(
-                    [scores[task, reference]], [values], reps=reps
-                )
-            )
+            poi = _poi_cell([scores[task, reference]], [values], others_improve, reps)
         cells = [task, algo, str(len(values)), _interval(*iqm)]
         cells += ["{:.1f} ± {:.1f}".format(*_mean_std(values.tolist()))]
         cells += [
@@ -326,11 +340,13 @@ def stats_table(
         ]
         cells += [poi]
         lines.append("| " + " | ".join(cells) + " |")
-    aggregate = aggregate_table(scores, reference, reps)
+    aggregate = aggregate_table(scores, reference, reps, others_improve)
     return "\n".join(lines) + ("\n\n" + aggregate if aggregate else "")
 
 
-def aggregate_table(scores: dict, reference: str, reps: int) -> str:
+def aggregate_table(
+    scores: dict, reference: str, reps: int, others_improve: bool = False
+) -> str:
     """IQM of the normalised scores over the tasks each algorithm ran (of those in
     :data:`NORMALISATION`), and ``reference``'s probability of improvement over it
     on the tasks both ran; empty if none of the tasks has a normalisation."""
@@ -339,7 +355,7 @@ def aggregate_table(scores: dict, reference: str, reps: int) -> str:
         return ""
     lines = [
         "| algorithm | tasks | runs | normalised IQM [95% CI] | "
-        f"P({reference} > algorithm) [95% CI] |",
+        f"{_poi_header(reference, others_improve)} |",
         "|---|---:|---:|---:|---:|",
     ]
     for algo in algos:
@@ -355,12 +371,11 @@ def aggregate_table(scores: dict, reference: str, reps: int) -> str:
         poi = ""
         common = [t for t in tasks if (t, reference) in scores]
         if algo != reference and common:
-            poi = "{:.2f} [{:.2f}, {:.2f}]".format(
-                *stats.probability_of_improvement_interval(
-                    [scores[t, reference] for t in common],
-                    [scores[t, algo] for t in common],
-                    reps=reps,
-                )
+            poi = _poi_cell(
+                [scores[t, reference] for t in common],
+                [scores[t, algo] for t in common],
+                others_improve,
+                reps,
             )
         runs = sum(len(scores[t, algo]) for t in tasks)
         cells = [algo, str(len(tasks)), str(runs)]
@@ -561,6 +576,12 @@ def main(argv=None) -> None:
         "normalised over the tasks",
     )
     parser.add_argument(
+        "--others-improve",
+        action="store_true",
+        help="with --stats: the probability that each algorithm improves on ALGO "
+        "(a candidate against a baseline) instead of ALGO on each",
+    )
+    parser.add_argument(
         "--clean",
         action="store_true",
         help="first rewrite the logs that repeat steps, one row per step (the later)",
@@ -573,7 +594,8 @@ def main(argv=None) -> None:
         runs = labelled_runs(args.runs)
         groups = collect(runs)
         print(paper_table(groups, precisions(runs)))
-        print("\n" + stats_table(groups, args.stats) + "\n")
+        table = stats_table(groups, args.stats, others_improve=args.others_improve)
+        print("\n" + table + "\n")
         out = Path(args.out)
         profile = plot_profiles(groups, out.with_name(out.stem + "_profile.png"))
         if profile:

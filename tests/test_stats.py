@@ -155,6 +155,10 @@ def test_plot_stats_table_by_hand():
     random, reference = plot.NORMALISATION["Hopper-v5"]
     expected = (6.0 - random) / (reference - random)
     assert f"| gem | 1 | 2 | {expected:.2f} [" in table
+    # the other way round (a candidate against a baseline): P(td3 > gem) = 1/4
+    reversed_table = plot.stats_table(groups, "gem", reps=200, others_improve=True)
+    assert "| P(algorithm > gem) [95% CI] |" in reversed_table
+    assert "| 0.44 ± 0.44 | 0.25 [" in reversed_table
     # a task without a normalisation (an Atari game): no aggregate, no profile
     atari = {("ALE/Pong-v5", algo): curves for (_, algo), curves in groups.items()}
     table = plot.stats_table(atari, "gem", reps=200)
