@@ -350,7 +350,8 @@ class OptimConfig:
     # clip the critics' gradient 2-norm to this before each step; null = no clip
     critic_max_grad_norm: float | None = positive(None)
     # evaluate an exponential moving average of the actor's weights, this decay per
-    # collected batch (torchrl_gem.trainer.PolicyAverageHook); null = the actor
+    # collected batch (torchrl_gem.trainer.PolicyAverageHook), and the online actor
+    # as eval_online/* on the same episodes; null = the actor alone
     actor_average: float | None = bounded(None, low=0.0, high=1.0, open_high=True)
 
 

@@ -195,6 +195,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         average = PolicyAverageHook(actor, decay=cfg.optim.actor_average)
         average.register(trainer)
         evaluated = average.policy
+        EvaluationHook(  # the online actor too, on the same episodes: paired
+            eval_env,
+            actor,
+            interval=cfg.logger.eval_interval,
+            num_episodes=cfg.logger.eval_episodes,
+            max_steps=cfg.env.max_episode_steps,
+            seed=cfg.seed + EVAL_SEED_OFFSET,
+            prefix="eval_online",
+        ).register(trainer, name="evaluation_online")
     evaluation = EvaluationHook(  # 9. deterministic evaluation every N frames
         eval_env,
         evaluated,

@@ -733,3 +733,21 @@ def test_stable_gem_candidates_train_and_resume(tmp_path):
     resumed = run(tiny("gem", split, *extra, "checkpoint.resume=auto"))
     assert resumed["evaluations"] == straight["evaluations"]
     assert all(math.isfinite(value) for _, value in straight["evaluations"])
+
+
+def test_actor_average_also_evaluates_the_online_actor_of_an_unchanged_run(tmp_path):
+    """The average is evaluated, not trained on: the online actor, evaluated beside
+    it (eval_online/*), is the one of the same run without the option."""
+    plain = tmp_path / "plain"
+    run(tiny("gem", plain, "collector.total_frames=600"))
+    averaged = tmp_path / "averaged"
+    run(tiny("gem", averaged, "collector.total_frames=600", "optim.actor_average=0.9"))
+    scalars = averaged / "logs" / "scalars"
+    online = (scalars / "eval_online" / "return_mean.csv").read_text()
+    assert (
+        online == (plain / "logs" / "scalars" / "eval" / "return_mean.csv").read_text()
+    )
+    steps = [line.split(",")[0] for line in online.splitlines()]
+    assert steps == [line.split(",")[0] for line in eval_csv(averaged).splitlines()]
+    # the average differs from the online actor after the first batches
+    assert (scalars / "eval" / "return_mean.csv").read_text() != online
