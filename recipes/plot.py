@@ -24,6 +24,8 @@ gives their final values.
 A last table gives the time the runs took per 100k frames, from their ``time/*``
 logs (collection, gradient steps and every trainer hook, which hold the rest).
 
+``--metric`` picks the scalar drawn and scored (``eval_online/return_mean``: the
+online actor of runs that evaluate an average, ``optim.actor_average``).
 ``--stats ALGO`` adds the study's statistics (``stats.py``, rliable's conventions):
 first the paper's table (algorithm x task: IQM [95% CI], mean ± std, runs and
 precision per cell), then per task the IQM of the runs' scores (the mean of their
@@ -561,7 +563,9 @@ def main(argv=None) -> None:
         help="run directories or folders above them; LABEL=DIR labels its runs",
     )
     parser.add_argument("--out", default="curves.png", help="PNG file to write")
-    parser.add_argument("--metric", default=METRIC, help="CSV scalar to plot")
+    parser.add_argument(
+        "--metric", default=METRIC, help="CSV scalar to plot (and to score, --stats)"
+    )
     parser.add_argument(
         "--curves",
         metavar="ALGO,...",
@@ -592,7 +596,7 @@ def main(argv=None) -> None:
             print(f"cleaned {file}")
     if args.stats:  # the statistics first, then the curves' tables
         runs = labelled_runs(args.runs)
-        groups = collect(runs)
+        groups = collect(runs, args.metric)
         print(paper_table(groups, precisions(runs)))
         table = stats_table(groups, args.stats, others_improve=args.others_improve)
         print("\n" + table + "\n")

@@ -550,6 +550,29 @@ def test_plot_curves_draws_some_algorithms_and_tabulates_all(
         plot.main([str(runs), "--curves", "ddpg", "--out", str(tmp_path / "c.png")])
 
 
+def test_plot_metric_picks_what_the_stats_score(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _fake_run(runs, "Hopper-v5", "gem", 0, [(0, 1.0), (20, 9.0)])
+    online = runs / "Hopper-v5" / "gem" / "seed0" / "logs" / "scalars" / "eval_online"
+    online.mkdir()
+    (online / "return_mean.csv").write_text("0,1.0\n20,5.0\n")
+    out = str(tmp_path / "c.png")
+    plot.main(
+        [
+            str(runs),
+            "--metric",
+            "eval_online/return_mean",
+            "--stats",
+            "gem",
+            "--out",
+            out,
+        ]
+    )
+    assert "| gem | 3 [3, 3]<br>3 ± 0 (1, ?) |" in capsys.readouterr().out  # (1+5)/2
+    plot.main([str(runs), "--stats", "gem", "--out", out])
+    assert "| gem | 5 [5, 5]<br>5 ± 0 (1, ?) |" in capsys.readouterr().out  # (1+9)/2
+
+
 def test_plot_draws_the_overestimation_rows(tmp_path, capsys):
     runs = tmp_path / "runs"
     for seed, bias in ((0, 2.0), (1, 4.0)):
