@@ -43,6 +43,7 @@ resumed process's rows and a warning naming the file; ``--clean`` rewrites them 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import warnings
@@ -71,6 +72,26 @@ NORMALISATION = {
     "Walker2d-v5": (1.1, 4682.82),
     "HalfCheetah-v5": (-283.4, 9636.95),
 }
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported when first drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, out, dpi: int) -> Path:
+    """Lay ``fig`` out, write it to ``out`` (its folder made), close it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    pyplot().close(fig)
+    return out
 
 
 def find_runs(paths) -> list[Path]:
@@ -244,6 +265,14 @@ def final_scores(curves: list, last: int = 5) -> np.ndarray:
     )
 
 
+@functools.cache
+def _iqm_interval(scores: tuple[float, ...], reps: int) -> tuple[float, float, float]:
+    """IQM of ``scores`` with its 95% stratified bootstrap interval; cached, since
+    the paper's table and the per-task table show the same cells."""
+    values = np.asarray(scores)
+    return stats.stratified_bootstrap([values], lambda t: stats.iqm(t[0]), reps=reps)
+
+
 def _interval(point: float, low: float, high: float) -> str:
     return f"{point:.1f} [{low:.1f}, {high:.1f}]"
 
@@ -278,9 +307,7 @@ def paper_table(
                 cells.append("")
                 continue
             values = final_scores(groups[task, algo], last)
-            iqm, low, high = stats.stratified_bootstrap(
-                [values], lambda t: stats.iqm(t[0]), reps=reps
-            )
+            iqm, low, high = _iqm_interval(tuple(values.tolist()), reps)
             mean, std = _mean_std(values.tolist())
             note = f"{len(values)}" + (
                 f", {precision[task, algo]}" if precision else ""
@@ -330,7 +357,7 @@ def stats_table(
             stats.drawdown(*zip(*curve, strict=True), start=curve[-1][0] // 2)
             for curve in groups[task, algo]
         ]
-        iqm = stats.stratified_bootstrap([values], lambda t: stats.iqm(t[0]), reps=reps)
+        iqm = _iqm_interval(tuple(values.tolist()), reps)
         poi = ""
         if algo != reference and (task, reference) in scores:
             poi = _poi_cell([scores[task, reference]], [values], others_improve, reps)
@@ -394,10 +421,7 @@ def plot_profiles(
     95% stratified bootstrap bands; ``None`` (no figure) if no task has one."""
     if not any(task in NORMALISATION for task, _ in groups):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     scores = {key: final_scores(curves, last) for key, curves in groups.items()}
     taus = np.linspace(-0.1, 1.2, 66)
@@ -417,11 +441,7 @@ def plot_profiles(
     ax.set_ylabel("fraction of runs with score > tau")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=120)
 
 
 def bias_table(diagnostics: dict) -> str:
@@ -455,11 +475,9 @@ def plot_groups(
 ) -> Path:
     """Return panels (one per task); with ``diagnostics`` (``{metric: groups}`` of
     the three diagnostic scalars) two more rows per task: estimate vs return, bias."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import EngFormatter
+
+    plt = pyplot()
 
     tasks = sorted({task for task, _ in groups})
     algos = sorted({algo for _, algo in groups})
@@ -508,12 +526,7 @@ def plot_groups(
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 20k, 1M: no overlap
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=120)
 
 
 def plot_runs(

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import stats
-from plot import find_runs, read_scalar
+from plot import find_runs, pyplot, read_scalar, save_figure
 
 RETURN = "eval/return_mean"
 # quantity -> (csv scalar, read at the evaluation or averaged since the previous one)
@@ -163,11 +163,9 @@ def report(table: dict, summary: dict, start: int, fraction: float) -> str:
 
 def plot_swings(runs: list[Path], start: int, fraction: float, out: Path) -> Path:
     """One column per run: the return and each logged quantity, drops marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import EngFormatter
+
+    plt = pyplot()
 
     curves = {run: read_scalar(run, RETURN) for run in runs}
     curves = {run: curve for run, curve in curves.items() if curve}
@@ -202,12 +200,7 @@ def plot_swings(runs: list[Path], start: int, fraction: float, out: Path) -> Pat
         axes[0, column].set_title("/".join(run.parts[-3:]), fontsize=8)
         axes[-1, column].set_xlabel("environment frames", fontsize=7)
         axes[-1, column].xaxis.set_major_formatter(EngFormatter(sep=""))
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def main(argv=None) -> None:

@@ -573,6 +573,14 @@ def test_plot_metric_picks_what_the_stats_score(tmp_path, capsys):
     assert "| gem | 5 [5, 5]<br>5 ± 0 (1, ?) |" in capsys.readouterr().out  # (1+9)/2
 
 
+def test_plot_stats_writes_its_figures_into_a_new_folder(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs, "Hopper-v5", "gem", 0, [(0, 1.0), (20, 9.0)])
+    out = tmp_path / "new" / "folder" / "c.png"
+    plot.main([str(runs), "--stats", "gem", "--out", str(out)])
+    assert out.is_file() and out.with_name("c_profile.png").is_file()
+
+
 def test_plot_draws_the_overestimation_rows(tmp_path, capsys):
     runs = tmp_path / "runs"
     for seed, bias in ((0, 2.0), (1, 4.0)):
