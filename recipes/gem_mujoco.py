@@ -190,27 +190,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.algo.loss == "td3_sil":  # 7. self-imitation steps on prioritized samples
         make_self_imitation(cfg, loss, memory, critic_optim).register(trainer)
     UpdateWeights(collector, update_weights_interval=1).register(trainer)  # 8. sync
+    episodes = {  # which evaluation episodes, and when: one set for every actor
+        "interval": cfg.logger.eval_interval,
+        "num_episodes": cfg.logger.eval_episodes,
+        "max_steps": cfg.env.max_episode_steps,
+        "seed": cfg.seed + EVAL_SEED_OFFSET,
+    }
     evaluated = actor
     if cfg.optim.actor_average is not None:  # 8b. the weights' moving average
         average = PolicyAverageHook(actor, decay=cfg.optim.actor_average)
         average.register(trainer)
         evaluated = average.policy
-        EvaluationHook(  # the online actor too, on the same episodes: paired
-            eval_env,
-            actor,
-            interval=cfg.logger.eval_interval,
-            num_episodes=cfg.logger.eval_episodes,
-            max_steps=cfg.env.max_episode_steps,
-            seed=cfg.seed + EVAL_SEED_OFFSET,
-            prefix="eval_online",
-        ).register(trainer, name="evaluation_online")
+        online = EvaluationHook(eval_env, actor, **episodes, prefix="eval_online")
+        online.register(trainer, name="evaluation_online")  # paired with the average
     evaluation = EvaluationHook(  # 9. deterministic evaluation every N frames
         eval_env,
         evaluated,
-        interval=cfg.logger.eval_interval,
-        num_episodes=cfg.logger.eval_episodes,
-        max_steps=cfg.env.max_episode_steps,
-        seed=cfg.seed + EVAL_SEED_OFFSET,
+        **episodes,
         critic=make_critic_probe(loss),  # overestimation: Q vs discounted returns
         critic_groups=critic_groups(cfg),
         gamma=cfg.optim.gamma,
