@@ -11,8 +11,8 @@
 #   bash docs/results/run_study.sh stable     # stable-GEM screening on Hopper
 #   bash docs/results/run_study.sh stable5    # its two best to 5 seeds, both tasks
 # SLOTS=N sets the queue width; STOP_AT=HH:MM starts no run after that time of day
-# (a session's end: a run killed there would lose its uncommitted progress). Each run prints to
-# runs/study_logs/<task>_<algo>_seed<N>.log (gitignored).
+# (a session's end: a run killed there would lose its uncommitted progress). Each
+# run prints to runs/study_logs/<task>_<algo>_seed<N>.log (gitignored).
 set -euo pipefail
 SLOTS=${SLOTS:-2}
 # MuJoCo: 100k frames, 10k random warm-up, an evaluation every 5k frames of 10 episodes
@@ -33,7 +33,8 @@ atari=(
 )
 
 # One line per run: "<task> <algo> <seed> [@label] [extra overrides...]"; an ALE/ task
-# runs the Atari recipe; a labelled run (a variant of algo) goes to stable/<task>/<label>. Precision: part 1's Hopper and Walker2d runs are fp32 (begun
+# runs the Atari recipe; a labelled run (a variant of algo) goes to
+# stable/<task>/<label>. Precision: part 1's Hopper and Walker2d runs are fp32 (begun
 # before bf16 became the recipe's default); every other MuJoCo run takes the recipe's
 # default (bf16, compiled where it applies). Every Atari run is bf16 (the same for
 # the three algorithms; benchmarks/atari_parity.py checks it on the first trained
