@@ -26,6 +26,8 @@ logs (collection, gradient steps and every trainer hook, which hold the rest).
 
 ``--metric`` picks the scalar drawn and scored (``eval_online/return_mean``: the
 online actor of runs that evaluate an average, ``optim.actor_average``).
+``--paired OTHER`` only prints :func:`paired_table`: each run's score under
+``--metric`` against its score under ``OTHER``, the same episodes, paired per run.
 ``--stats ALGO`` adds the study's statistics (``stats.py``, rliable's conventions):
 first the paper's table (algorithm x task: IQM [95% CI], mean ± std, runs and
 precision per cell), then per task the IQM of the runs' scores (the mean of their
@@ -413,6 +415,48 @@ def aggregate_table(
     return "\n".join(lines)
 
 
+def paired_table(runs, metric: str, other: str, last: int = 5, reps: int = 2000) -> str:
+    """Each run scored twice, on the same evaluation episodes: under ``metric`` and
+    under ``other`` (an averaged actor's ``eval/return_mean`` against its online
+    actor's ``eval_online/return_mean``). Per task and label, over the runs that
+    logged both: the mean score of each, the mean paired difference (``metric``
+    minus ``other``) with its 95% bootstrap interval (pairs resampled), the runs
+    where ``metric`` scored higher, and each one's drawdown over the second half
+    (:func:`stats_table`'s). Pairing removes the spread between seeds that an
+    unpaired comparison of two sets of runs has to overcome."""
+    pairs: dict[tuple[str, str], list] = defaultdict(list)
+    for run, key in _group_keys(runs).items():
+        first, second = read_scalar(run, metric), read_scalar(run, other)
+        if first and second:
+            pairs[key].append((first, second))
+    if not pairs:
+        raise SystemExit(f"no run logged both {metric!r} and {other!r}")
+    lines = [
+        f"| task | algorithm | runs | {metric} | {other} | difference [95% CI] | "
+        f"runs higher | drawdown, {metric} | drawdown, {other} |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (task, algo), both in sorted(pairs.items()):
+        scores = [
+            final_scores(list(curves), last) for curves in zip(*both, strict=True)
+        ]
+        difference = scores[0] - scores[1]
+        interval = stats.stratified_bootstrap(
+            [difference], lambda t: float(np.mean(t[0])), reps=reps
+        )
+        cells = [task, algo, str(len(difference))]
+        cells += ["{:.1f} ± {:.1f}".format(*_mean_std(s.tolist())) for s in scores]
+        cells += [_interval(*interval), f"{int(np.sum(difference > 0))}/{len(both)}"]
+        for curves in zip(*both, strict=True):
+            drawdowns = [
+                stats.drawdown(*zip(*curve, strict=True), start=curve[-1][0] // 2)
+                for curve in curves
+            ]
+            cells.append("{:.2f} ± {:.2f}".format(*_mean_std(drawdowns)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_profiles(
     groups: dict, out: Path, last: int = 5, reps: int = 2000
 ) -> Path | None:
@@ -599,6 +643,13 @@ def main(argv=None) -> None:
         "(a candidate against a baseline) instead of ALGO on each",
     )
     parser.add_argument(
+        "--paired",
+        metavar="OTHER",
+        help="only print each run's score under --metric against its score under "
+        "OTHER on the same episodes (eval_online/return_mean: an averaged actor "
+        "against its online one), paired per run",
+    )
+    parser.add_argument(
         "--clean",
         action="store_true",
         help="first rewrite the logs that repeat steps, one row per step (the later)",
@@ -607,6 +658,9 @@ def main(argv=None) -> None:
     if args.clean:
         for file in clean_logs(labelled_runs(args.runs)):
             print(f"cleaned {file}")
+    if args.paired:
+        print(paired_table(labelled_runs(args.runs), args.metric, args.paired))
+        return
     if args.stats:  # the statistics first, then the curves' tables
         runs = labelled_runs(args.runs)
         groups = collect(runs, args.metric)

@@ -573,6 +573,33 @@ def test_plot_metric_picks_what_the_stats_score(tmp_path, capsys):
     assert "| gem | 5 [5, 5]<br>5 ± 0 (1, ?) |" in capsys.readouterr().out  # (1+9)/2
 
 
+def test_plot_paired_scores_each_run_twice(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    # (averaged, online) curves; scores are the mean of all (fewer than 5) evaluations
+    logged = {
+        0: ([(0, 2.0), (20, 10.0)], [(0, 2.0), (20, 4.0)]),  # 6 against 3
+        1: ([(0, 4.0), (20, 2.0)], [(0, 4.0), (20, 4.0)]),
+    }  # 3 against 4
+    for seed, (averaged, online) in logged.items():
+        _fake_run(runs, "Hopper-v5", "gem", seed, averaged)
+        scalars = runs / "Hopper-v5" / "gem" / f"seed{seed}" / "logs" / "scalars"
+        (scalars / "eval_online").mkdir()
+        lines = "".join(f"{step},{value}\n" for step, value in online)
+        (scalars / "eval_online" / "return_mean.csv").write_text(lines)
+    _fake_run(runs, "Hopper-v5", "td3", 0, [(0, 1.0), (20, 9.0)])  # no online: left out
+    plot.main([f"avg={runs}", "--paired", "eval_online/return_mean"])
+    table = capsys.readouterr().out
+    # differences +3 and -1: mean 1, bootstrap means of two values within [-1, 3];
+    # drawdowns from frame 10: averaged 0 and (4-2)/4, online 0 and 0
+    assert (
+        "| Hopper-v5 | avg | 2 | 4.5 ± 1.5 | 3.5 ± 0.5 | 1.0 [-1.0, 3.0] | 1/2 | "
+        "0.25 ± 0.25 | 0.00 ± 0.00 |" in table
+    )
+    assert "td3" not in table
+    with pytest.raises(SystemExit, match="no run logged both"):
+        plot.main([str(runs / "Hopper-v5" / "td3"), "--paired", "eval_online/x"])
+
+
 def test_plot_stats_writes_its_figures_into_a_new_folder(tmp_path):
     runs = tmp_path / "runs"
     _fake_run(runs, "Hopper-v5", "gem", 0, [(0, 1.0), (20, 9.0)])

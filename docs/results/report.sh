@@ -36,19 +36,22 @@ if compgen -G "$results/stable/*/*/seed*/run_info.json" >/dev/null; then
         --out "$results/stable_$task.png"
       # runs that evaluate an average also evaluate their online actor
       # (eval_online/*): actor_average's is gem's, X+actor_average's is X's
-      online=()
+      online=() averaged=()
       for candidate in "$task_dir"*/; do
         if compgen -G "${candidate}seed*/logs/scalars/eval_online/*" >/dev/null; then
           name=$(basename "$candidate")
           name=${name%+actor_average0.95}
           [[ $name == actor_average0.95 ]] && name=gem
           online+=("${name}_online=$candidate")
+          averaged+=("$(basename "$candidate")=$candidate")
         fi
       done
       if ((${#online[@]})); then
         echo -e "\n### $task: the online actors of the averaged runs (eval_online)\n"
         python recipes/plot.py "${online[@]}" --metric eval_online/return_mean \
           --stats gem_online --others-improve --out "$results/stable_${task}_online.png"
+        echo -e "\n### $task: each averaged run against its own online actor\n"
+        python recipes/plot.py "${averaged[@]}" --paired eval_online/return_mean
       fi
     done
   } >"$results/stable.md"
