@@ -605,7 +605,8 @@ def plot_runs(
     table = markdown_table(groups)
     if diagnostics:
         table += "\n\n" + bias_table(diagnostics)
-    table += "\n\n" + time_table(runs)
+    scored = {run: label for run, label in runs.items() if read_scalar(run, metric)}
+    table += "\n\n" + time_table(scored)
     if not quiet:
         print(table)
         print(f"\nwrote {out}")

@@ -568,9 +568,14 @@ def test_plot_metric_picks_what_the_stats_score(tmp_path, capsys):
             out,
         ]
     )
-    assert "| gem | 3 [3, 3]<br>3 ± 0 (1, ?) |" in capsys.readouterr().out  # (1+5)/2
+    out_text = capsys.readouterr().out
+    assert "| gem | 3 [3, 3]<br>3 ± 0 (1, ?) |" in out_text  # (1+5)/2
     plot.main([str(runs), "--stats", "gem", "--out", out])
     assert "| gem | 5 [5, 5]<br>5 ± 0 (1, ?) |" in capsys.readouterr().out  # (1+9)/2
+    # the time table counts only the runs that logged the metric (none timed here)
+    _fake_run(runs, "Hopper-v5", "gem", 1, [(0, 1.0), (20, 9.0)])  # no online log
+    plot.main([str(runs), "--metric", "eval_online/return_mean", "--out", out])
+    assert "| Hopper-v5 | gem | 0 of 1 | - |" in capsys.readouterr().out
 
 
 def test_plot_paired_scores_each_run_twice(tmp_path, capsys):
