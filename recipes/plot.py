@@ -267,6 +267,15 @@ def final_scores(curves: list, last: int = 5) -> np.ndarray:
     )
 
 
+def second_half_drawdowns(curves) -> list[float]:
+    """Each run's stability figure (``stats.drawdown``) over its second half (from
+    50k of 100k frames)."""
+    return [
+        stats.drawdown(*zip(*curve, strict=True), start=curve[-1][0] // 2)
+        for curve in curves
+    ]
+
+
 @functools.cache
 def _iqm_interval(scores: tuple[float, ...], reps: int) -> tuple[float, float, float]:
     """IQM of ``scores`` with its 95% stratified bootstrap interval; cached, since
@@ -355,10 +364,7 @@ def stats_table(
     ]
     scores = {key: final_scores(curves, last) for key, curves in groups.items()}
     for (task, algo), values in scores.items():
-        drawdowns = [
-            stats.drawdown(*zip(*curve, strict=True), start=curve[-1][0] // 2)
-            for curve in groups[task, algo]
-        ]
+        drawdowns = second_half_drawdowns(groups[task, algo])
         iqm = _iqm_interval(tuple(values.tolist()), reps)
         poi = ""
         if algo != reference and (task, reference) in scores:
@@ -448,10 +454,7 @@ def paired_table(runs, metric: str, other: str, last: int = 5, reps: int = 2000)
         cells += ["{:.1f} ± {:.1f}".format(*_mean_std(s.tolist())) for s in scores]
         cells += [_interval(*interval), f"{int(np.sum(difference > 0))}/{len(both)}"]
         for curves in zip(*both, strict=True):
-            drawdowns = [
-                stats.drawdown(*zip(*curve, strict=True), start=curve[-1][0] // 2)
-                for curve in curves
-            ]
+            drawdowns = second_half_drawdowns(curves)
             cells.append("{:.2f} ± {:.2f}".format(*_mean_std(drawdowns)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

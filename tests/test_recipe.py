@@ -568,8 +568,7 @@ def test_plot_metric_picks_what_the_stats_score(tmp_path, capsys):
             out,
         ]
     )
-    out_text = capsys.readouterr().out
-    assert "| gem | 3 [3, 3]<br>3 ± 0 (1, ?) |" in out_text  # (1+5)/2
+    assert "| gem | 3 [3, 3]<br>3 ± 0 (1, ?) |" in capsys.readouterr().out  # (1+5)/2
     plot.main([str(runs), "--stats", "gem", "--out", out])
     assert "| gem | 5 [5, 5]<br>5 ± 0 (1, ?) |" in capsys.readouterr().out  # (1+9)/2
     # the time table counts only the runs that logged the metric (none timed here)
@@ -583,8 +582,8 @@ def test_plot_paired_scores_each_run_twice(tmp_path, capsys):
     # (averaged, online) curves; scores are the mean of all (fewer than 5) evaluations
     logged = {
         0: ([(0, 2.0), (20, 10.0)], [(0, 2.0), (20, 4.0)]),  # 6 against 3
-        1: ([(0, 4.0), (20, 2.0)], [(0, 4.0), (20, 4.0)]),
-    }  # 3 against 4
+        1: ([(0, 4.0), (20, 2.0)], [(0, 4.0), (20, 4.0)]),  # 3 against 4
+    }
     for seed, (averaged, online) in logged.items():
         _fake_run(runs, "Hopper-v5", "gem", seed, averaged)
         scalars = runs / "Hopper-v5" / "gem" / f"seed{seed}" / "logs" / "scalars"
