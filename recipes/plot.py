@@ -443,9 +443,8 @@ def paired_table(runs, metric: str, other: str, last: int = 5, reps: int = 2000)
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (task, algo), both in sorted(pairs.items()):
-        scores = [
-            final_scores(list(curves), last) for curves in zip(*both, strict=True)
-        ]
+        sides = [list(curves) for curves in zip(*both, strict=True)]  # metric, other
+        scores = [final_scores(curves, last) for curves in sides]
         difference = scores[0] - scores[1]
         interval = stats.stratified_bootstrap(
             [difference], lambda t: float(np.mean(t[0])), reps=reps
@@ -453,7 +452,7 @@ def paired_table(runs, metric: str, other: str, last: int = 5, reps: int = 2000)
         cells = [task, algo, str(len(difference))]
         cells += ["{:.1f} ± {:.1f}".format(*_mean_std(s.tolist())) for s in scores]
         cells += [_interval(*interval), f"{int(np.sum(difference > 0))}/{len(both)}"]
-        for curves in zip(*both, strict=True):
+        for curves in sides:
             drawdowns = second_half_drawdowns(curves)
             cells.append("{:.2f} ± {:.2f}".format(*_mean_std(drawdowns)))
         lines.append("| " + " | ".join(cells) + " |")

@@ -35,15 +35,14 @@ if compgen -G "$results/stable/*/*/seed*/run_info.json" >/dev/null; then
       python recipes/plot.py "${labelled[@]}" --stats gem --others-improve \
         --out "$results/stable_$task.png"
       # runs that evaluate an average also evaluate their online actor
-      # (eval_online/*): actor_average's is gem's, X+actor_average's is X's
+      # (eval_online/*): actor_average's is gem's
       online=() averaged=()
       for candidate in "$task_dir"*/; do
         if compgen -G "${candidate}seed*/logs/scalars/eval_online/*" >/dev/null; then
           name=$(basename "$candidate")
-          name=${name%+actor_average0.95}
+          averaged+=("$name=$candidate")
           [[ $name == actor_average0.95 ]] && name=gem
           online+=("${name}_online=$candidate")
-          averaged+=("$(basename "$candidate")=$candidate")
         fi
       done
       if ((${#online[@]})); then
