@@ -31,7 +31,7 @@ runs_of() {  # the runs/<task>/<algo> folders of part 3's tasks that exist
   done; done
 }
 section() {  # $1: title, $2: figure, $3: plot.py's statistics options, $4...: algorithms
-  local title=$1 figure=$2 stats=$3
+  local title=$1 figure=$2 stats=$3 dirs
   shift 3
   mapfile -t dirs < <(runs_of "$@")
   echo -e "\n## $title\n"
