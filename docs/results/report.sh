@@ -38,12 +38,13 @@ section() {  # $1: title, $2: figure, $3: plot.py's statistics options, $4...: a
   # shellcheck disable=SC2086
   python recipes/plot.py "${dirs[@]}" $stats --out "$results/$figure"
 }
-if [[ -n $(runs_of bp bp_4critics gem_paired td3_tbp sac_tbp) ]]; then
+ablations=(bp bp_4critics gem_paired)
+if [[ -n $(runs_of "${ablations[@]}" td3_tbp sac_tbp) ]]; then
   {
     generated
-    if [[ -n $(runs_of bp bp_4critics gem_paired) ]]; then
+    if [[ -n $(runs_of "${ablations[@]}") ]]; then
       section "The twin estimator: gem against its ablations" ablations.png \
-        "--stats gem" gem bp bp_4critics gem_paired
+        "--stats gem" gem "${ablations[@]}"
     fi
     for loss in td3 sac; do
       if [[ -n $(runs_of "${loss}_tbp") ]]; then
