@@ -167,11 +167,21 @@ def collect(runs, metric: str = METRIC) -> dict[tuple[str, str], list]:
     ``runs`` is a list of run directories, or :func:`labelled_runs`' mapping, whose
     labels replace the algorithm where given.
     """
+    keys = _group_keys(runs)
+    return _grouped(keys, read_curves(keys, metric))
+
+
+def read_curves(runs, metric: str = METRIC) -> dict[Path, list]:
+    """``{run: [(frame, value), ...]}`` for the runs that logged ``metric``."""
+    curves = {run: read_scalar(run, metric) for run in runs}
+    return {run: curve for run, curve in curves.items() if curve}
+
+
+def _grouped(keys: dict, curves: dict) -> dict[tuple[str, str], list]:
+    """``curves`` (``{run: curve}``) grouped by ``keys`` (``{run: (task, algo)}``)."""
     groups: dict[tuple[str, str], list] = defaultdict(list)
-    for run, key in _group_keys(runs).items():
-        curve = read_scalar(run, metric)
-        if curve:
-            groups[key].append(curve)
+    for run, curve in curves.items():
+        groups[keys[run]].append(curve)
     return dict(sorted(groups.items()))
 
 
@@ -582,7 +592,8 @@ def plot_runs(
     ``out`` (only the algorithms in ``curves``, if given), return the tables (of
     every run)."""
     runs = labelled_runs(paths)
-    groups = collect(runs, metric)
+    curves_of = read_curves(runs, metric)
+    groups = _grouped(_group_keys(runs), curves_of)
     if not groups:
         raise SystemExit(f"no {metric!r} logs found under {[str(p) for p in paths]}")
     diagnostics = None
@@ -607,8 +618,7 @@ def plot_runs(
     table = markdown_table(groups)
     if diagnostics:
         table += "\n\n" + bias_table(diagnostics)
-    scored = {run: label for run, label in runs.items() if read_scalar(run, metric)}
-    table += "\n\n" + time_table(scored)
+    table += "\n\n" + time_table({run: runs[run] for run in curves_of})
     if not quiet:
         print(table)
         print(f"\nwrote {out}")
