@@ -75,6 +75,11 @@ class MetaLoss(Choice):
     released_huber = "released_huber"  # released: u^2 within 1, 0.5 + |u| beyond
 
 
+class Reduction(Choice):
+    sum = "sum"  # summed over the batch (released)
+    mean = "mean"  # averaged over the batch (TorchRL's losses' default)
+
+
 # ---------------------------------------------------------------------------
 # Shared sections with Atari defaults
 # ---------------------------------------------------------------------------
@@ -109,12 +114,13 @@ class AtariLoggerConfig(LoggerConfig):
 # ---------------------------------------------------------------------------
 @dataclass
 class AtariEnvConfig:
-    """The ALE game and the paper's preprocessing (overrides the id's defaults)."""
+    """The ALE game and DQN's standard preprocessing (overrides the id's defaults)."""
 
     # Gymnasium ALE id, e.g. ALE/Frostbite-v5 (paper: Alien, BattleZone, Frostbite,
     # MsPacman, WizardOfWor, Zaxxon)
     name: str = "ALE/Frostbite-v5"
-    # emulator frames per agent step, max-pooled over the last two (v5 default: 4)
+    # emulator frames per agent step, max-pooled over the last two (v5 default: 4;
+    # released: 4, the last frame kept)
     frame_skip: int = positive(4)
     # sticky actions (v5 default 0.25); 0 = deterministic emulator, as released
     repeat_action_probability: float = bounded(0.0, low=0.0, high=1.0)
@@ -154,6 +160,10 @@ class AtariOptimConfig:
     lr: float = positive(2.0e-4)
     # Adam epsilon (released: 1.5e-4)
     adam_eps: float = positive(1.5e-4)
+    # every loss over the batch: sum (released: lr and adam_eps were set at its
+    # gradient scale) | mean (gradients batch_size times smaller, more of them
+    # below adam_eps)
+    loss_reduction: Reduction = Reduction.sum
     # discount factor
     gamma: float = bounded(0.99, low=0.0, high=1.0)
     # global gradient-norm clip; null = none (released: none)

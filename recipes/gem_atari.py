@@ -1,7 +1,7 @@
 r"""GEM on Atari (the released DQN-based agent, Hu et al. ICML 2021) and DQN baselines.
 
-Built from TorchRL parts: Gymnasium ALE games (ale-py ships the ROMs) with the
-paper's preprocessing, a ``Collector`` (uniform random warm-up, then epsilon-greedy),
+Built from TorchRL parts: Gymnasium ALE games (ale-py ships the ROMs) with DQN's
+standard preprocessing, a ``Collector`` (uniform random warm-up, then epsilon-greedy),
 ``torchrl_gem``'s ``FrameEpisodicMemory`` (one 84x84 frame per transition, stacks
 rebuilt at sampling and refresh) and ``torchrl.trainers.Trainer``. The cycle per
 collected batch is the block of hook registrations in :func:`train`.

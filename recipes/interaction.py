@@ -1,7 +1,7 @@
 """Environments and the collectors that step them, for both recipes.
 
 Environments: the MuJoCo tasks (:func:`make_env`: float32 observations, a step
-counter, the episode return) and the ALE games with the paper's preprocessing
+counter, the episode return) and the ALE games with DQN's standard preprocessing
 (:func:`make_atari_env`).
 
 ``collector.backend`` picks the engine that steps them (:func:`make_collector`, one
@@ -107,7 +107,7 @@ def action_half_range(env: TransformedEnv, name: str) -> tuple[Bounded, torch.Te
 
 
 def make_atari_env(cfg: DictConfig, seed: int, *, clip_rewards: bool) -> TransformedEnv:
-    """An ALE game with the paper's preprocessing, as a TorchRL env.
+    """An ALE game with DQN's standard preprocessing, as a TorchRL env.
 
     Gymnasium's ``AtariPreprocessing`` does what TorchRL's transforms cannot (frame
     skip with a max-pool over the last two frames, INTER_AREA resize) on an id made
@@ -116,7 +116,9 @@ def make_atari_env(cfg: DictConfig, seed: int, *, clip_rewards: bool) -> Transfo
     frame), count steps, sum the raw rewards (``episode_reward``) and, for the
     training env, clip the learning reward to [-1, 1] after that sum.
     ``done``/``terminated``/``truncated`` stay distinct: the 27k-step cap (ALE's
-    ``max_num_frames_per_episode``) is a truncation.
+    ``max_num_frames_per_episode``) is a truncation. The released GEM code keeps the
+    last frame of each skip instead of the max-pool (``<Game>Deterministic-v4``) and
+    converts it with OpenCV's RGB-to-gray, where ALE's grayscale is used here.
     """
     import ale_py
     import gymnasium

@@ -24,7 +24,7 @@ import atari_builders  # noqa: E402 - recipes/ is on pytest's pythonpath
 import atari_config  # noqa: E402
 import gem_atari as recipe  # noqa: E402
 from config import ConfigError  # noqa: E402
-from interaction import make_atari_env, make_collector  # noqa: E402
+from interaction import PIXELS, make_atari_env, make_collector  # noqa: E402
 
 from torchrl_gem import EpisodicMemory  # noqa: E402
 from torchrl_gem.checkpoint import read_checkpoint  # noqa: E402
@@ -273,6 +273,48 @@ def test_learning_rewards_clipped_raw_scores_kept():
     assert train_score == eval_score == raw.sum().item()
     spec = train_env.full_done_spec
     assert {"done", "terminated", "truncated"} <= set(spec.keys())
+
+
+@pytest.mark.parametrize("algo", ["gem", "dqn", "ddqn"])
+def test_losses_are_summed_over_the_batch_as_released(algo):
+    """optim.loss_reduction (default sum, as released) reaches every loss term: on
+    one batch, each term summed is batch_size times its mean."""
+    assert config().optim.loss_reduction == "sum"
+    spec = make_atari_env(config(), 0, clip_rewards=True).action_spec
+    batch_size, num_actions = 5, spec.shape[-1]
+    generator = torch.Generator().manual_seed(0)
+
+    def pixels():
+        return torch.randint(0, 256, (batch_size, 4, 84, 84), generator=generator).to(
+            torch.uint8
+        )
+
+    actions = torch.randint(0, num_actions, (batch_size,), generator=generator)
+    batch = TensorDict(
+        {
+            PIXELS: pixels(),
+            "action": torch.nn.functional.one_hot(actions, num_actions),
+            "memory_return": torch.randn(batch_size, 2, generator=generator),
+            "next": {
+                PIXELS: pixels(),
+                "reward": torch.randn(batch_size, 1, generator=generator),
+                "done": torch.zeros(batch_size, 1, dtype=torch.bool),
+                "terminated": torch.zeros(batch_size, 1, dtype=torch.bool),
+            },
+        },
+        batch_size=[batch_size],
+    )
+    losses = {}
+    for reduction in ("sum", "mean"):
+        torch.manual_seed(0)  # the same networks for both
+        cfg = config(f"algo={algo}", f"optim.loss_reduction={reduction}")
+        loss, _ = atari_builders.make_agent(cfg, spec)
+        losses[reduction] = loss(batch.clone())
+    names = ["loss_sub", "loss_meta"] if algo == "gem" else ["loss"]
+    for name in names:
+        summed, mean = losses["sum"][name], losses["mean"][name]
+        assert summed.item() > 0
+        torch.testing.assert_close(summed, batch_size * mean, msg=name)
 
 
 # ----------------------------------------------------------------- config
