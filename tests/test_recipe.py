@@ -52,6 +52,8 @@ ALGOS = (
     "sac",
     "ddpg",
     "sac_tbp",
+    "td3_gemnets",
+    "sac_gemnets",
 )
 EPISODIC = {"gem", "bp", "bp_4critics", "gem_paired", "td3_tbp", "td3_sil", "sac_tbp"}
 

@@ -7,7 +7,8 @@
 # learning curves (comparison.png) and performance profiles (comparison_profile.png);
 # then, once they have runs, part 3's ablations (ablations.md: gem against bp,
 # bp_4critics and gem_paired, ablations.png; td3_tbp and sac_tbp against td3 and
-# sac, ablations_<loss>.png), the stable-GEM screening (stable.md,
+# sac, ablations_<loss>.png, and both against their controls td3_gemnets and
+# sac_gemnets, ablations_<loss>_control.png), the stable-GEM screening (stable.md,
 # stable_<task>.png) and the Atari comparison (atari.md, atari.png; frames there are
 # agent steps).
 set -euo pipefail
@@ -39,7 +40,7 @@ section() {  # $1: title, $2: figure, $3: plot.py's statistics options, $4...: a
   python recipes/plot.py "${dirs[@]}" $stats --out "$results/$figure"
 }
 ablations=(bp bp_4critics gem_paired)
-if [[ -n $(runs_of "${ablations[@]}" td3_tbp sac_tbp) ]]; then
+if [[ -n $(runs_of "${ablations[@]}" td3_tbp sac_tbp td3_gemnets sac_gemnets) ]]; then
   {
     generated
     if [[ -n $(runs_of "${ablations[@]}") ]]; then
@@ -50,6 +51,13 @@ if [[ -n $(runs_of "${ablations[@]}" td3_tbp sac_tbp) ]]; then
       if [[ -n $(runs_of "${loss}_tbp") ]]; then
         section "$loss on GEM returns (${loss}_tbp) against $loss" \
           "ablations_$loss.png" "--stats $loss --others-improve" "$loss" "${loss}_tbp"
+      fi
+      # the control: the tbp networks on the loss's own one-step target, against
+      # which the tbp variant measures GEM returns alone and the loss the networks
+      if [[ -n $(runs_of "${loss}_gemnets") ]]; then
+        section "${loss}_tbp and $loss against their control ${loss}_gemnets" \
+          "ablations_${loss}_control.png" "--stats ${loss}_gemnets --others-improve" \
+          "$loss" "${loss}_gemnets" "${loss}_tbp"
       fi
     done
   } >"$results/ablations.md"

@@ -50,10 +50,13 @@ part() {
   2)  # the paper's one-step baselines, seeds 0-2
     for task in Hopper-v5 Walker2d-v5 HalfCheetah-v5; do for seed in 0 1 2; do
       for algo in sac ddpg td3_sil; do echo "$task $algo $seed"; done; done; done ;;
-  3)  # ablations of the twin estimator, and GEM returns for TorchRL's losses
+  3)  # ablations of the twin estimator, and GEM returns for TorchRL's losses; then
+    # the latter's controls (their networks on the losses' own one-step targets)
     for task in Hopper-v5 Walker2d-v5; do for seed in 0 1 2; do
       for algo in bp bp_4critics gem_paired td3_tbp sac_tbp; do
-        echo "$task $algo $seed"; done; done; done ;;
+        echo "$task $algo $seed"; done; done; done
+    for task in Hopper-v5 Walker2d-v5; do for seed in 0 1 2; do
+      for algo in td3_gemnets sac_gemnets; do echo "$task $algo $seed"; done; done; done ;;
   4)  # gem and td3 to five seeds (gem's two first: the stable-GEM issue reads them)
     for task in Hopper-v5 Walker2d-v5 HalfCheetah-v5; do for algo in gem td3; do
       for seed in 3 4; do echo "$task $algo $seed"; done; done; done ;;
