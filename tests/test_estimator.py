@@ -60,50 +60,35 @@ def test_one_step_candidate_is_td3_clipped_double_q_target(policy_noise):
         torch.testing.assert_close(returns[:, column : column + 1], expected)
 
 
-def test_one_step_candidate_equals_torchrl_td3_loss_target():
+@pytest.mark.parametrize("num_critics", [2, 4])
+def test_one_step_candidate_equals_torchrl_td3_loss_target(num_critics):
+    """At horizon 1 the twin returns hold TD3Loss's own target: with 2 critics in
+    both groups, each column is it; with 4 in pairs (0, 1) and (2, 3), the min of the
+    two columns is its 4-critic target, that of td3_gemnets (td3_tbp's control)."""
     torch.manual_seed(0)
     td3 = TD3Loss(
         tiny_actor(),
-        tiny_critics(2),
+        tiny_critics(num_critics),
         action_spec=SPEC,
+        num_qvalue_nets=num_critics,
         policy_noise=0.3,
         noise_clip=0.4,
     )
     td3.make_value_estimator(gamma=0.9)
+    groups = ((0, 1), (0, 1)) if num_critics == 2 else None  # None: the pairs
     estimator = TwinBackPropEstimator.for_loss(
-        td3, gamma=0.9, max_horizon=1, twin_groups=((0, 1), (0, 1))
+        td3, gamma=0.9, max_horizon=1, twin_groups=groups
     )
     batch = trajectory_batch(32, generator=torch.Generator().manual_seed(2))
     torch.manual_seed(3)
     _, metadata = td3.value_loss(batch.clone())
     torch.manual_seed(3)
     returns = estimator(batch.clone())["memory_return"]
-    torch.testing.assert_close(returns[:, 0], metadata["target_value"])
-    torch.testing.assert_close(returns[:, 1], metadata["target_value"])
-
-
-def test_one_step_twin_returns_of_four_critics_are_td3_loss_own_target():
-    """At horizon 1 (the paper's floor, no zero tail) the min of the two twin columns
-    (pairs (0, 1) and (2, 3)) is TD3Loss's own target over 4 critics, the target of
-    the td3_gemnets preset (td3_tbp's control)."""
-    torch.manual_seed(0)
-    td3 = TD3Loss(
-        tiny_actor(),
-        tiny_critics(4),
-        action_spec=SPEC,
-        num_qvalue_nets=4,
-        policy_noise=0.3,
-        noise_clip=0.4,
-    )
-    td3.make_value_estimator(gamma=0.9)
-    estimator = TwinBackPropEstimator.for_loss(td3, gamma=0.9, max_horizon=1)
-    batch = trajectory_batch(32, generator=torch.Generator().manual_seed(4))
-    torch.manual_seed(3)
-    _, metadata = td3.value_loss(batch.clone())
-    torch.manual_seed(3)
-    returns = estimator(batch.clone())["memory_return"]
-    assert not torch.equal(returns[:, 0], returns[:, 1])  # two different pairs
     torch.testing.assert_close(returns.min(-1).values, metadata["target_value"])
+    if num_critics == 2:
+        torch.testing.assert_close(returns[:, 0], returns[:, 1])
+    else:
+        assert not torch.equal(returns[:, 0], returns[:, 1])  # two different pairs
 
 
 def test_matches_functional_core_on_its_own_values(generator):
