@@ -592,14 +592,16 @@ def plot_runs(
     ``out`` (only the algorithms in ``curves``, if given), return the tables (of
     every run)."""
     runs = labelled_runs(paths)
+    keys = _group_keys(runs)  # each run's info read once, for every metric below
     curves_of = read_curves(runs, metric)
-    groups = _grouped(_group_keys(runs), curves_of)
+    groups = _grouped(keys, curves_of)
     if not groups:
         raise SystemExit(f"no {metric!r} logs found under {[str(p) for p in paths]}")
     diagnostics = None
     if metric == METRIC:
         diagnostics = {
-            name: collect(runs, name) for name in (Q_ESTIMATE, MC_RETURN, Q_BIAS)
+            name: _grouped(keys, read_curves(runs, name))
+            for name in (Q_ESTIMATE, MC_RETURN, Q_BIAS)
         }
         if not diagnostics[Q_BIAS]:
             diagnostics = None  # runs from before the diagnostic existed
