@@ -214,6 +214,7 @@ def attach_value_estimator(loss, cfg: DictConfig) -> None:
         "max_horizon": cfg.gem.max_horizon,
         "zero_tail": cfg.gem.zero_tail,
         "floor": cfg.gem.floor,
+        "cross_evaluation": cfg.gem.cross_evaluation,
         "value_chunk_size": cfg.memory.value_chunk_size,
     }
     if not cfg.algo.memory_noise:

@@ -438,6 +438,8 @@ class GemConfig:
     zero_tail: bool = True
     # one-step floor of a column: selector's (released MuJoCo code) | own (paper text)
     floor: Floor = Floor.selector
+    # a pair's best horizon valued by the other pair (GEM) | false: by itself (ablation)
+    cross_evaluation: bool = True
 
 
 @dataclass

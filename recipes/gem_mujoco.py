@@ -24,10 +24,10 @@ every 2k frames. Expect a Hopper return of a few hundred, a demo, not a result::
 The full paper budget is the default, ``collector.total_frames=1000000`` (about 8 h
 of one CPU thread for GEM in the default bf16, 13 h in fp32). Every option is
 documented in ``config.py``; ``algo`` picks a variant from ``algo/``: gem, bp,
-bp_4critics, gem_paired (GEM and its ablations), td3, td3_tbp and sac_tbp (TD3Loss
-and SACLoss on GEM returns) with their controls td3_gemnets and sac_gemnets (the same
-networks on the loss's own one-step target), and the paper's other baselines as its
-repository configured them, td3_sil, sac and ddpg::
+bp_4critics, gem_paired, gem_nocross (GEM and its ablations), td3, td3_tbp and
+sac_tbp (TD3Loss and SACLoss on GEM returns) with their controls td3_gemnets and
+sac_gemnets (the same networks on the loss's own one-step target), and the paper's
+other baselines as its repository configured them, td3_sil, sac and ddpg::
 
     python recipes/gem_mujoco.py algo=sac      # batch 256, [256, 256], 10k warm-up
     python recipes/gem_mujoco.py algo=ddpg     # batch 100, lr 1e-3, one critic

@@ -54,6 +54,8 @@ NEW_PRESETS = {
     # their controls: the same networks on the loss's own one-step target
     "td3_gemnets": ("td3", "td0", False, True, "broadcast", "replay", 4, True, True, 100, "delayed"),  # noqa: E501
     "sac_gemnets": ("sac", "td0", False, True, "broadcast", "replay", 4, True, True, 100, "delayed"),  # noqa: E501
+    # GEM less the twin cross-evaluation alone (its gem section differs, below)
+    "gem_nocross": ("gem", "tbp", False, True, "broadcast", "episodic", 4, True, True, 200, "bulk"),  # noqa: E501
 }  # fmt: skip
 PRESETS = {**OLD_PRESETS, **NEW_PRESETS}
 ALGOS = tuple(PRESETS)
@@ -78,6 +80,7 @@ SHARED_OVERRIDES = {
 }
 SHARED_OVERRIDES["sac_tbp"] = SHARED_OVERRIDES["sac"]  # sac_tbp extends sac
 SHARED_OVERRIDES["sac_gemnets"] = SHARED_OVERRIDES["sac"]  # so does sac_gemnets
+SHARED_OVERRIDES["gem_nocross"] = {"gem.cross_evaluation": False}
 # The sil section (used by loss=td3_sil only): the released TD3+SIL's settings.
 SIL_DEFAULTS = {
     "coeff": 0.1,
@@ -136,6 +139,7 @@ OLD_SECTIONS = {
         "max_horizon": None,
         "zero_tail": True,
         "floor": "selector",
+        "cross_evaluation": True,
     },
     "logger": {
         "backends": ["csv"],
@@ -338,8 +342,8 @@ def test_choices_compare_print_and_dump_as_strings():
          "now the config group algo"),
         # an unknown variant
         (["algo=gemm"], "algo: unknown value 'gemm' (did you mean 'gem'?); choose one "
-         "of ['bp', 'bp_4critics', 'ddpg', 'gem', 'gem_paired', 'sac', 'sac_gemnets', "
-         "'sac_tbp', 'td3', 'td3_gemnets', 'td3_sil', 'td3_tbp']"),
+         "of ['bp', 'bp_4critics', 'ddpg', 'gem', 'gem_nocross', 'gem_paired', 'sac', "
+         "'sac_gemnets', 'sac_tbp', 'td3', 'td3_gemnets', 'td3_sil', 'td3_tbp']"),
         # a value out of its declared range
         (["optim.gamma=1.5"], "optim.gamma: must lie in [0.0, 1.0], got 1.5"),
         (["optim.tau=0"], "optim.tau: must lie in (0.0, 1.0], got 0.0"),

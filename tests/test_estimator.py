@@ -91,20 +91,25 @@ def test_one_step_candidate_equals_torchrl_td3_loss_target(num_critics):
         assert not torch.equal(returns[:, 0], returns[:, 1])  # two different pairs
 
 
-def test_matches_functional_core_on_its_own_values(generator):
-    estimator = tiny_loss().make_value_estimator(gamma=0.95).value_estimator
+@pytest.mark.parametrize("cross_evaluation", [True, False])
+def test_matches_functional_core_on_its_own_values(generator, cross_evaluation):
+    loss = tiny_loss().make_value_estimator(
+        gamma=0.95, cross_evaluation=cross_evaluation
+    )
+    estimator = loss.value_estimator
     batch = trajectory_batch(3, 12, generator=generator)
     estimator.policy_noise = 0.0  # deterministic, so both calls see equal values
     values = estimator.next_state_value(batch["next"])
+    inputs = [batch["next", key] for key in ("reward", "done", "terminated")]
     expected = twin_backprop_return(
-        0.95,
-        values,
-        batch["next", "reward"],
-        batch["next", "done"],
-        batch["next", "terminated"],
+        0.95, values, *inputs, cross_evaluation=cross_evaluation
+    )
+    other = twin_backprop_return(
+        0.95, values, *inputs, cross_evaluation=not cross_evaluation
     )
     out = estimator(batch)
     torch.testing.assert_close(out["memory_return"], expected)
+    assert not torch.allclose(out["memory_return"], other)  # the option matters
     torch.testing.assert_close(
         out["value_target"], expected.min(-1, keepdim=True).values
     )

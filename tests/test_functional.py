@@ -26,13 +26,14 @@ def oracle(
     max_horizon=None,
     zero_tail=False,
     floor="own",
+    cross_evaluation=True,
 ):
     """Enumerate every candidate of the definition, one transition at a time.
 
     Inputs are [T, 2] / [T, 1] float64 lists; returns two [T, 2] lists: the returns,
-    and the horizon each column is evaluated on (the other estimator's pick). A
-    trajectory ends at done, at cut and at the last step; only done ends offer the
-    zero tail (horizon end - t + 2).
+    and the horizon each column is evaluated on (the other estimator's pick, or its
+    own without the cross-evaluation). A trajectory ends at done, at cut and at the
+    last step; only done ends offer the zero tail (horizon end - t + 2).
     """
     num_steps = len(reward)
     cut = cut or [False] * num_steps
@@ -59,6 +60,10 @@ def oracle(
             max(range(len(candidates)), key=lambda i, k=k: (candidates[i][k], -i))
             for k in (0, 1)
         ]
+        if not cross_evaluation:  # each estimator's own best, nothing to floor
+            out.append([candidates[best[k]][k] for k in (0, 1)])
+            horizons.append([lengths[best[k]] for k in (0, 1)])
+            continue
         row = []
         for k in (0, 1):
             other = 1 - k
@@ -122,20 +127,30 @@ def check_against_oracle(gamma, value, reward, done, terminated, cut=None, **kwa
 @pytest.mark.parametrize("gamma", [0.0, 0.5, 0.99, 1.0])
 @pytest.mark.parametrize("num_steps", [1, 2, 7, 40])
 @pytest.mark.parametrize("zero_tail", [False, True])
-@pytest.mark.parametrize("floor", ["own", "selector"])
+@pytest.mark.parametrize("floor", ["own", "selector", "no cross-evaluation"])
 def test_scan_matches_oracle(gamma, num_steps, zero_tail, floor, scan_module):
     generator = torch.Generator().manual_seed(num_steps)
     case = random_case(generator, (3,), num_steps)
-    check_against_oracle(gamma, *case, zero_tail=zero_tail, floor=floor)
+    options = {"floor": floor}
+    if floor == "no cross-evaluation":  # the floor has no effect then
+        options = {"floor": "selector", "cross_evaluation": False}
+    check_against_oracle(gamma, *case, zero_tail=zero_tail, **options)
 
 
 @pytest.mark.parametrize("max_horizon", [1, 2, 3, 5, 39, 40, 41])
 @pytest.mark.parametrize("zero_tail", [False, True])
 @pytest.mark.parametrize("gamma", [0.0, 0.9, 1.0])
-def test_finite_horizon_matches_oracle(max_horizon, zero_tail, gamma):
+@pytest.mark.parametrize("cross_evaluation", [True, False])
+def test_finite_horizon_matches_oracle(max_horizon, zero_tail, gamma, cross_evaluation):
     generator = torch.Generator().manual_seed(max_horizon)
     case = random_case(generator, (4,), 40, p_done=0.08)
-    check_against_oracle(gamma, *case, max_horizon=max_horizon, zero_tail=zero_tail)
+    check_against_oracle(
+        gamma,
+        *case,
+        max_horizon=max_horizon,
+        zero_tail=zero_tail,
+        cross_evaluation=cross_evaluation,
+    )
 
 
 @pytest.mark.parametrize("max_horizon", [None, 2, 4])
@@ -258,6 +273,19 @@ def test_hand_computed_truncated_end_bootstraps():
     done = torch.tensor([[False], [False], [True]])
     result = twin_backprop_return(1.0, value, reward, done, torch.zeros_like(done))
     assert result.tolist() == [[1.0, 7.0], [7.0, 3.0], [7.0, 3.0]]
+    # Without the cross-evaluation each keeps its own pick: t=0 G^0 = (1, 1, 8) -> 8,
+    # G^1 = (7, 1, 4) -> 7; t=1 G^0 = (0, 7), G^1 = (0, 3); t=2 (7, 3).
+    result, horizon = twin_backprop_return(
+        1.0,
+        value,
+        reward,
+        done,
+        torch.zeros_like(done),
+        cross_evaluation=False,
+        return_horizon=True,
+    )
+    assert result.tolist() == [[8.0, 7.0], [7.0, 3.0], [7.0, 3.0]]
+    assert horizon.tolist() == [[3, 1], [2, 2], [1, 1]]
 
 
 def test_hand_computed_terminated_end_does_not_bootstrap():

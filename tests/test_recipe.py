@@ -47,6 +47,7 @@ ALGOS = (
     "bp",
     "bp_4critics",
     "gem_paired",
+    "gem_nocross",
     "td3_tbp",
     "td3_sil",
     "sac",
@@ -55,7 +56,10 @@ ALGOS = (
     "td3_gemnets",
     "sac_gemnets",
 )
-EPISODIC = {"gem", "bp", "bp_4critics", "gem_paired", "td3_tbp", "td3_sil", "sac_tbp"}
+EPISODIC = {
+    *("gem", "bp", "bp_4critics", "gem_paired", "gem_nocross"),
+    *("td3_tbp", "td3_sil", "sac_tbp"),
+}
 
 
 def run(overrides: list[str]) -> dict:
@@ -129,14 +133,17 @@ def test_smoke_covers_every_preset():
 
 # ------------------------------------------------------------------- presets
 @pytest.mark.parametrize(
-    "algo, num_critics, single, memory_noise",
+    "algo, num_critics, single, cross, memory_noise",
     [
-        ("bp", 2, True, 0.0),  # TD3MemBackProp as released
-        ("bp_4critics", 4, True, 0.2),  # GEM less the twin cross-evaluation
-        ("gem", 4, False, 0.2),
+        ("bp", 2, True, True, 0.0),  # TD3MemBackProp as released
+        ("bp_4critics", 4, True, True, 0.2),  # one estimator over GEM's 4 critics
+        ("gem_nocross", 4, False, False, 0.2),  # GEM less the cross-evaluation
+        ("gem", 4, False, True, 0.2),
     ],
 )
-def test_preset_builds_its_agent(tmp_path, algo, num_critics, single, memory_noise):
+def test_preset_builds_its_agent(
+    tmp_path, algo, num_critics, single, cross, memory_noise
+):
     cfg = recipe.load_config(tiny(algo, tmp_path))
     recipe.check_config(cfg)
     spec = Bounded(-1.0, 1.0, shape=(3,))
@@ -147,6 +154,7 @@ def test_preset_builds_its_agent(tmp_path, algo, num_critics, single, memory_noi
     estimator = loss.value_estimator
     assert estimator.qvalue_params.batch_size[0] == num_critics
     assert estimator.single_estimator is single
+    assert estimator.cross_evaluation is cross
     assert estimator.policy_noise == pytest.approx(memory_noise)
     states = TensorDict(observation=torch.randn(64, 11), batch_size=[64])
     first = estimator.next_state_value(states)

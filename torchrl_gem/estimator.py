@@ -108,6 +108,9 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         max_horizon (int, optional): see :func:`~torchrl_gem.twin_backprop_return`.
         zero_tail (bool): see :func:`~torchrl_gem.twin_backprop_return`.
         floor (str): see :func:`~torchrl_gem.twin_backprop_return`.
+        cross_evaluation (bool): see :func:`~torchrl_gem.twin_backprop_return`;
+            ``False`` lets each estimator evaluate its own best horizon (the
+            single-factor ablation of the twin cross-evaluation). Defaults to ``True``.
         target_reduction (str): ``"min"`` or ``"mean"`` of the twin columns, the
             single target given to one-target losses. Defaults to ``"min"``.
         value_chunk_size (int, optional): largest number of states per network call;
@@ -208,6 +211,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         max_horizon: int | None = None,
         zero_tail: bool = False,
         floor: Floor = "own",
+        cross_evaluation: bool = True,
         target_reduction: Literal["min", "mean"] = "min",
         value_chunk_size: int | None = 2048,
         deactivate_vmap: bool | None = None,
@@ -254,6 +258,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
         self.max_horizon = max_horizon
         self.zero_tail = zero_tail
         self.floor = floor
+        self.cross_evaluation = cross_evaluation
         self.target_reduction = target_reduction
         self.precision = precision
         self.compile = compile
@@ -480,6 +485,7 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             max_horizon=self.max_horizon,
             zero_tail=self.zero_tail,
             floor=self.floor,
+            cross_evaluation=self.cross_evaluation,
             return_horizon=return_horizon,
         )
 

@@ -12,7 +12,8 @@ arXiv:2103.06469), floored by the one-step target:
 
     out[t, 0] = max(G^0_t(n^1), G^0_t(1)),   out[t, 1] = max(G^1_t(n^0), G^1_t(1))
 
-where ``n^k`` is the smallest maximiser of ``G^k_t``.
+where ``n^k`` is the smallest maximiser of ``G^k_t``. Without the cross-evaluation
+(an ablation) each estimator evaluates its own pick: ``out[t, k] = G^k_t(n^k)``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def twin_backprop_return(
     time_dim: int = -2,
     zero_tail: bool = False,
     floor: Floor = "own",
+    cross_evaluation: bool = True,
     return_horizon: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Twin back-propagated returns along stored trajectories.
@@ -80,14 +82,20 @@ def twin_backprop_return(
             ``G^k_t(1)``; ``"selector"`` floors it with ``G^{k'}_t(1)``, the one-step
             target of the estimator that selected the horizon, as the released MuJoCo
             code does.
+        cross_evaluation (bool): evaluate each estimator's best horizon with the
+            other estimator (default, GEM). ``False`` is the single-factor ablation
+            of it: column ``k`` is estimator ``k``'s own best, ``max_n G^k_t(n)``,
+            which is never below its one-step target, so ``floor`` has no effect
+            (the selector is the column's own estimator).
         return_horizon (bool): also return the horizons. Defaults to ``False``.
 
     Returns:
         A ``[*B, T, 2]`` tensor with the dtype and device of ``next_state_value``,
         detached from any graph. With ``return_horizon``, also the ``[*B, T, 2]``
         long tensor of the horizons that column ``k`` is evaluated on, ``n^{1-k}``
-        (the other estimator's pick, before the floor; the zero-tail candidate of an
-        end ``e`` counts as ``e - t + 2``).
+        (the other estimator's pick, before the floor; ``n^k`` without the
+        cross-evaluation; the zero-tail candidate of an end ``e`` counts as
+        ``e - t + 2``).
 
     Examples:
         >>> import torch
@@ -99,6 +107,12 @@ def twin_backprop_return(
         >>> # estimator 0 picks n = 3 (1 + 0 + 2 + 5 = 8), estimator 1 picks n = 1 (7)
         >>> twin_backprop_return(1.0, value, reward, done, terminated)
         tensor([[1., 7.],
+                [7., 3.],
+                [7., 3.]])
+        >>> # without the cross-evaluation each keeps its own best (8 and 7)
+        >>> twin_backprop_return(1.0, value, reward, done, terminated,
+        ...                      cross_evaluation=False)
+        tensor([[8., 7.],
                 [7., 3.],
                 [7., 3.]])
     """
@@ -120,21 +134,30 @@ def twin_backprop_return(
     # the scan is exact whenever the horizon cap removes no candidate
     if max_horizon is None or max_horizon >= int(lengths.max()) + int(zero_tail):
         selected, horizon = _scan(
-            gamma, bootstrap, reward, ends, lengths, tail, return_horizon
+            gamma,
+            bootstrap,
+            reward,
+            ends,
+            lengths,
+            tail,
+            return_horizon,
+            cross_evaluation,
         )
     else:
         selected, horizon = _horizon_limited(
-            gamma, bootstrap, reward, end, tail, max_horizon
+            gamma, bootstrap, reward, end, tail, max_horizon, cross_evaluation
         )
-    one_step = reward + gamma * bootstrap
-    # ``selected[..., k]`` is estimator k's horizon evaluated by the other estimator;
-    # column k of the result holds estimator k's value, i.e. ``selected[..., 1 - k]``.
-    evaluated = selected.flip(-1)
-    floor_value = one_step if floor == "own" else one_step.flip(-1)
-    result = torch.maximum(evaluated, floor_value).transpose(time_dim, -2)
+    if cross_evaluation:
+        # ``selected[..., k]`` is estimator k's horizon evaluated by the other one;
+        # column k of the result holds estimator k's value: ``selected[..., 1 - k]``.
+        one_step = reward + gamma * bootstrap
+        floor_value = one_step if floor == "own" else one_step.flip(-1)
+        selected = torch.maximum(selected.flip(-1), floor_value)
+        horizon = horizon.flip(-1) if return_horizon else None
+    result = selected.transpose(time_dim, -2)
     if not return_horizon:
         return result
-    return result, horizon.flip(-1).long().transpose(time_dim, -2)
+    return result, horizon.long().transpose(time_dim, -2)
 
 
 @torch.no_grad()
@@ -189,12 +212,13 @@ def _scan(
     lengths: Tensor,
     tail: Tensor | None,
     track_horizon: bool,
+    cross_evaluation: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """Exact O(T) backward scan over the unbounded horizon.
 
-    Returns the other estimator's value at each selector's best horizon, and, with
-    ``track_horizon``, that horizon (float; else ``None``: the refresh's hot loop
-    skips it).
+    Returns the other estimator's value at each selector's best horizon (its own
+    best value without ``cross_evaluation``), and, with ``track_horizon``, that
+    horizon (float; else ``None``: the refresh's hot loop skips it).
 
     For ``n >= 2`` the candidates obey ``G^k_t(n) = r_t + gamma G^k_{t+1}(n - 1)``, a
     monotone map, so the best candidate at ``t`` is either ``n = 1`` or one step
@@ -249,7 +273,7 @@ def _scan(
         take_one_step = bootstraps[t] >= best
         best = rewards[t] + gamma * xp.maximum(bootstraps[t], best)
         evaluated = rewards[t] + gamma * xp.where(take_one_step, others[t], evaluated)
-        outputs.append(evaluated)
+        outputs.append(evaluated if cross_evaluation else best)
         if track_horizon:
             horizon = xp.where(take_one_step, 1.0, horizon + 1.0)
             horizons.append(horizon)
@@ -276,11 +300,13 @@ def _horizon_limited(
     end: Tensor,
     tail: Tensor | None,
     max_horizon: int,
-) -> Tensor:
+    cross_evaluation: bool,
+) -> tuple[Tensor, Tensor]:
     """Exact O(T * H) form for a finite horizon: enumerate n = 1 .. H in lockstep.
 
     Returns, like :func:`_scan`, the other estimator's value at each selector's best
-    horizon, and that horizon. Strict ``>`` keeps the shortest horizon on ties.
+    horizon (or its own best), and that horizon. Strict ``>`` keeps the shortest
+    horizon on ties.
     """
     one_step = reward + gamma * bootstrap
     best, best_other = one_step, one_step.flip(-1)
@@ -305,7 +331,7 @@ def _horizon_limited(
         best = torch.where(better, value, best)
         best_other = torch.where(better, value.flip(-1), best_other)
         horizon = torch.where(better, float(n), horizon)
-    return best_other, horizon
+    return (best_other if cross_evaluation else best), horizon
 
 
 def _shift(x: Tensor, steps: int, fill: float | bool) -> Tensor:

@@ -6,8 +6,8 @@
 # and the wall-clock, over the runs of gem and its baselines under runs/), their
 # learning curves (comparison.png) and performance profiles (comparison_profile.png);
 # then, once they have runs, part 3's ablations (ablations.md: gem against bp,
-# bp_4critics and gem_paired, ablations.png; td3_tbp and sac_tbp against td3 and
-# sac, ablations_<loss>.png, and both against their controls td3_gemnets and
+# bp_4critics, gem_nocross and gem_paired, ablations.png; td3_tbp and sac_tbp against
+# td3 and sac, ablations_<loss>.png, and both against their controls td3_gemnets and
 # sac_gemnets, ablations_<loss>_control.png), the stable-GEM screening (stable.md,
 # stable_<task>.png) and the Atari comparison (atari.md, atari.png; frames there are
 # agent steps).
@@ -39,7 +39,7 @@ section() {  # $1: title, $2: figure, $3: plot.py's statistics options, $4...: a
   # shellcheck disable=SC2086
   python recipes/plot.py "${dirs[@]}" $stats --out "$results/$figure"
 }
-ablations=(bp bp_4critics gem_paired)
+ablations=(bp bp_4critics gem_nocross gem_paired)
 if [[ -n $(runs_of "${ablations[@]}" td3_tbp sac_tbp td3_gemnets sac_gemnets) ]]; then
   {
     generated

@@ -56,7 +56,10 @@ part() {
       for algo in bp bp_4critics gem_paired td3_tbp sac_tbp; do
         echo "$task $algo $seed"; done; done; done
     for task in Hopper-v5 Walker2d-v5; do for seed in 0 1 2; do
-      for algo in td3_gemnets sac_gemnets; do echo "$task $algo $seed"; done; done; done ;;
+      for algo in td3_gemnets sac_gemnets; do echo "$task $algo $seed"; done; done; done
+    # and the one-factor ablation of the cross-evaluation, added after the above
+    for task in Hopper-v5 Walker2d-v5; do for seed in 0 1 2; do
+      echo "$task gem_nocross $seed"; done; done ;;
   4)  # gem and td3 to five seeds (gem's two first: the stable-GEM issue reads them)
     for task in Hopper-v5 Walker2d-v5 HalfCheetah-v5; do for algo in gem td3; do
       for seed in 3 4; do echo "$task $algo $seed"; done; done; done ;;
