@@ -10,6 +10,7 @@
 #   bash docs/results/run_study.sh atari      # the Atari comparison
 #   bash docs/results/run_study.sh stable     # stable-GEM screening on Hopper
 #   bash docs/results/run_study.sh stable5    # its best to 5 seeds, both tasks
+#   bash docs/results/run_study.sh --list 3   # print part 3's commands, run nothing
 # SLOTS=N sets the queue width; STOP_AT=HH:MM starts no run after that time of day
 # (a session's end: a run killed there would lose its uncommitted progress). Each
 # run prints to runs/study_logs/<task>_<algo>_seed<N>.log (gitignored).
@@ -102,6 +103,11 @@ run_one() {  # one queue line
     label=${label#@} extra=${extra#"@$label"}
     dir=docs/results/stable/$task/$label/seed$seed name=${task}_${label}_seed$seed
   fi
+  if [[ -n ${LIST:-} ]]; then  # the command, for --list (tests compose each config)
+    echo "recipes/$recipe.py ${budget[*]} env.name=$task algo=$algo seed=$seed" \
+      "logger.run_dir=$dir" $extra
+    return 0
+  fi
   if finished "$dir" "$frames"; then echo "skip $dir (finished)"; return 0; fi
   if [[ -n ${STOP_AT:-} && ! $(date +%H:%M) < $STOP_AT ]]; then
     echo "skip $dir (STOP_AT $STOP_AT)"
@@ -120,7 +126,12 @@ run_one() {  # one queue line
 }
 
 if [[ ${1:-} == --one ]]; then run_one "$2"; exit; fi  # a queue slot's call
+[[ ${1:-} == --list ]] && LIST=1 && shift
 parts=("$@")
 [[ ${#parts[@]} -gt 0 ]] || parts=(1 4 2 3)  # 4 early: the stable-GEM issue reads it
+if [[ -n ${LIST:-} ]]; then
+  for p in "${parts[@]}"; do part "$p"; done | while read -r line; do run_one "$line"; done
+  exit
+fi
 mkdir -p runs/study_logs
 for p in "${parts[@]}"; do part "$p"; done | xargs -P "$SLOTS" -I{} bash "$0" --one {}
