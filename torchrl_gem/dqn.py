@@ -78,6 +78,12 @@ def released_huber(prediction: Tensor, target: Tensor) -> Tensor:
     target``: unlike the standard Huber (``0.5 u^2``, then ``|u| - 0.5``) it has no
     ``1/2`` on the square, and its value (1 to 1.5) and slope (2 to 1) jump at
     ``|u| = 1`` (``gem-algorithm.md`` s7.2).
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_gem import released_huber
+        >>> released_huber(torch.tensor([0.5, 1.0, 3.0]), torch.zeros(3))
+        tensor([0.2500, 1.0000, 3.5000])
     """
     error = (prediction - target).abs()
     return torch.where(error > 1.0, 0.5 + error, error.pow(2))
@@ -625,6 +631,14 @@ class NatureQNet(nn.Module):
         pixel_scale (float): factor applied to the input after the float cast;
             ``1/255`` (default) for ``uint8`` frames, ``1.0`` for frames already in
             ``[0, 1]``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_gem import NatureQNet
+        >>> net = NatureQNet(9)
+        >>> frames = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+        >>> net(frames).shape  # one value per action
+        torch.Size([2, 9])
     """
 
     convs = ((32, 8, 4), (64, 4, 2), (64, 3, 1))  # (channels, kernel, stride)

@@ -29,7 +29,19 @@ __all__ = ["GEMEstimators", "TwinBackPropEstimator", "default_twin_groups"]
 
 
 class GEMEstimators(Enum):
-    """Value estimators added by this package (``value_type="tbp"`` in configs)."""
+    """Value estimators added by this package (``value_type="tbp"`` in configs).
+
+    Examples:
+        >>> from torchrl.data import Bounded
+        >>> from torchrl_gem import GEMEstimators, GEMLoss, make_gem_actor
+        >>> from torchrl_gem import make_gem_critics
+        >>> spec = Bounded(-1.0, 1.0, shape=(2,))
+        >>> loss = GEMLoss(make_gem_actor(3, spec), make_gem_critics(3, 2),
+        ...                action_spec=spec)
+        >>> _ = loss.make_value_estimator(GEMEstimators.TBP, gamma=0.9)
+        >>> type(loss.value_estimator).__name__, loss.value_estimator.gamma
+        ('TwinBackPropEstimator', 0.9)
+    """
 
     TBP = "twin_backprop"
 

@@ -39,6 +39,13 @@ def asymmetric_l2(prediction: Tensor, target: Tensor, asymmetry: float) -> Tenso
     The weight is ``1 / asymmetry`` where the prediction overestimates the target
     and ``asymmetry`` where it underestimates it (GEM's ``alpha``; ``0.5`` weighs
     overestimation 4 times more, the same as an expectile loss with ``tau = 0.2``).
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_gem import asymmetric_l2
+        >>> # over by 1 weighs 1 / 0.5, under by 1 weighs 0.5
+        >>> asymmetric_l2(torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0]), 0.5)
+        tensor([2.0000, 0.5000])
     """
     error = target - prediction
     weight = torch.where(error < 0, 1.0 / asymmetry, asymmetry)
