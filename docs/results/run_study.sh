@@ -11,8 +11,9 @@
 #   bash docs/results/run_study.sh stable     # stable-GEM screening on Hopper
 #   bash docs/results/run_study.sh stable5    # its best to 5 seeds, both tasks
 #   bash docs/results/run_study.sh --list 3   # print part 3's commands, run nothing
-# SLOTS=N sets the queue width; STOP_AT=HH:MM starts no run after that time of day
-# (a session's end: a run killed there would lose its uncommitted progress). Each
+# SLOTS=N sets the queue width; STOP_AT=HH:MM starts no run after the next time the
+# clock reads HH:MM, past midnight too (a session's end: a run killed there loses the
+# progress since its last checkpoint). Each
 # run prints to runs/study_logs/<task>_<algo>_seed<N>.log (gitignored).
 set -euo pipefail
 SLOTS=${SLOTS:-2}
@@ -109,7 +110,7 @@ run_one() {  # one queue line
     return 0
   fi
   if finished "$dir" "$frames"; then echo "skip $dir (finished)"; return 0; fi
-  if [[ -n ${STOP_AT:-} && ! $(date +%H:%M) < $STOP_AT ]]; then
+  if [[ -n ${STOP_EPOCH:-} && $(date +%s) -ge $STOP_EPOCH ]]; then
     echo "skip $dir (STOP_AT $STOP_AT)"
     return 0
   fi
@@ -134,4 +135,9 @@ if [[ -n ${LIST:-} ]]; then
   exit
 fi
 mkdir -p runs/study_logs
+if [[ -n ${STOP_AT:-} ]]; then  # the next HH:MM from now, as seconds for every slot
+  STOP_EPOCH=$(date -d "$STOP_AT" +%s)
+  (( STOP_EPOCH > $(date +%s) )) || STOP_EPOCH=$((STOP_EPOCH + 86400))
+  export STOP_EPOCH
+fi
 for p in "${parts[@]}"; do part "$p"; done | xargs -P "$SLOTS" -I{} bash "$0" --one {}
