@@ -83,9 +83,9 @@ def random_case(
     terminated = done & (
         torch.rand(*batch, num_steps, 1, generator=generator) < p_terminated
     )
-    # a terminated-but-not-done flag would be a malformed batch; the last step may
-    # also be terminated without done (terminal at a cut)
+    # the last step (always an end) is more often terminal; done = terminated | ...
     terminated[..., -1, :] |= torch.rand(*batch, 1, generator=generator) < 0.3
+    done |= terminated
     return value, reward, done, terminated
 
 
@@ -355,6 +355,10 @@ def test_float32_scan_on_long_episode_is_accurate():
         (lambda v, r, d, t: (v, r, d, t.long()), "terminated must be a bool"),
         (lambda v, r, d, t: (v, r, d[..., 0], t), "done must have shape"),
         (lambda v, r, d, t: (v[:0], r[:0], d[:0], t[:0]), "at least one transition"),
+        (  # a termination the horizons would run past
+            lambda v, r, d, t: (v, r, d, t.index_fill(0, torch.tensor([2]), True)),
+            "terminated is set where done is not, at index \\[2, 0\\]",
+        ),
     ],
 )
 def test_bad_inputs_raise(change, message):
@@ -388,6 +392,25 @@ def test_non_finite_inputs_raise_with_their_name_and_index(bad, name):
         ValueError, match=f"{name} has a non-finite .* index \\(3, 0\\)"
     ):
         twin_backprop_return(0.9, value, reward, done, done)
+
+
+@pytest.mark.parametrize("time_dim", [-1, 2, 3, -4, 1.0])
+def test_bad_time_dim_raises(time_dim):
+    value, reward = torch.zeros(3, 5, 2), torch.zeros(3, 5, 1)
+    done = torch.zeros(3, 5, 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match="time_dim"):
+        twin_backprop_return(0.9, value, reward, done, done, time_dim=time_dim)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_values_scan_in_fp32(dtype):
+    generator = torch.Generator().manual_seed(5)
+    value, reward, done, terminated = random_case(generator, (3,), 40)
+    low = value.to(dtype)
+    result = twin_backprop_return(0.99, low, reward, done, terminated)
+    in_fp32 = twin_backprop_return(0.99, low.float(), reward, done, terminated)
+    assert result.dtype == dtype
+    assert torch.equal(result, in_fp32.to(dtype))
 
 
 def test_bad_options_raise():

@@ -119,9 +119,11 @@ def twin_backprop_return(
     _check_inputs(
         gamma, next_state_value, reward, done, terminated, cut, max_horizon, floor
     )
-    dtype = next_state_value.dtype
+    _check_time_dim(time_dim, next_state_value.ndim)
+    # sums accumulate in at least fp32 (NumPy, the CPU scan's loop, has no bf16)
+    dtype = torch.promote_types(next_state_value.dtype, torch.float32)
     # Work with time as the second to last dimension: [*B, T, F].
-    value = next_state_value.detach().transpose(time_dim, -2)
+    value = next_state_value.detach().to(dtype).transpose(time_dim, -2)
     reward = reward.detach().to(dtype).transpose(time_dim, -2)
     done = done.transpose(time_dim, -2)
     terminated = terminated.transpose(time_dim, -2)
@@ -154,7 +156,7 @@ def twin_backprop_return(
         floor_value = one_step if floor == "own" else one_step.flip(-1)
         selected = torch.maximum(selected.flip(-1), floor_value)
         horizon = horizon.flip(-1) if return_horizon else None
-    result = selected.transpose(time_dim, -2)
+    result = selected.to(next_state_value.dtype).transpose(time_dim, -2)
     if not return_horizon:
         return result
     return result, horizon.long().transpose(time_dim, -2)
@@ -381,9 +383,26 @@ def _check_inputs(
     for name, tensor in masks.items():
         if tensor.dtype != torch.bool:
             raise ValueError(f"{name} must be a bool tensor, got {tensor.dtype}.")
+    if (terminated & ~done).any():  # TorchRL: done = terminated | truncated
+        where = (terminated & ~done).nonzero()[0].tolist()
+        raise ValueError(
+            f"terminated is set where done is not, at index {where}: done must be "
+            "terminated | truncated (an end the horizons cannot cross)."
+        )
     for name, tensor in (("reward", reward), ("next_state_value", next_state_value)):
         check_finite(name, tensor)
     check_return_options(gamma, max_horizon, floor)
+
+
+def _check_time_dim(time_dim: int, ndim: int) -> None:
+    """``time_dim`` must name a dimension before the twin columns' last one."""
+    if isinstance(time_dim, bool) or not isinstance(time_dim, int):
+        raise ValueError(f"time_dim must be an int, got {time_dim!r}.")
+    if not -ndim <= time_dim < ndim or time_dim % ndim == ndim - 1:
+        raise ValueError(
+            f"time_dim={time_dim} must name one of the first {ndim - 1} dimensions "
+            f"of next_state_value (ndim {ndim}; its last holds the two twin columns)."
+        )
 
 
 def check_finite(name: str, tensor: Tensor) -> None:
