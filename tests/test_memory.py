@@ -393,6 +393,11 @@ def test_bad_input_is_refused_before_writing():
             ),
             "'memory_return' must be floating point",
         ),
+        (  # TorchRL's done is terminated | truncated
+            lambda d: d.set(("next", "truncated"), torch.ones(*d.shape, 1).bool()),
+            r"\('next', 'truncated'\) is set where \('next', 'done'\) is not, at "
+            r"batch index \[0, 0\]",
+        ),
     ],
 )
 def test_malformed_flags_and_returns_are_refused_at_extend(change, message):

@@ -424,6 +424,16 @@ class EpisodicMemory(TensorDictReplayBuffer):
                     f"EpisodicMemory.extend: {key!r} must be a bool tensor, got "
                     f"{value.dtype}."
                 )
+        done = data.get(self.done_key)
+        for key in flags[1:]:  # TorchRL: done = terminated | truncated
+            value = data.get(key, None)
+            if value is not None and (value & ~done).any():
+                where = (value & ~done).reshape(*data.batch_size, -1).any(-1)
+                raise ValueError(
+                    f"EpisodicMemory.extend: {key!r} is set where {self.done_key!r} "
+                    f"is not, at batch index {where.nonzero()[0].tolist()}; done "
+                    "must be terminated | truncated."
+                )
         memory_return = data.get(self.memory_return_key, None)
         if memory_return is not None:
             check_memory_return(memory_return, data.batch_size, self.memory_return_key)
