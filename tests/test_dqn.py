@@ -296,6 +296,12 @@ def test_categorical_actions_match_one_hot():
             torch.testing.assert_close(out[key], expected[key])
     with pytest.raises(ValueError, match="categorical"):
         loss(data.set("action", data["action"].argmax(-1)))
+    # as many indices as actions: no broadcast of indices as one-hot weights
+    square = batch()[:A]
+    with pytest.raises(ValueError, match="one_hot' needs 'action' of shape"):
+        loss(square.set("action", square["action"].argmax(-1)))
+    with pytest.raises(ValueError, match="categorical' needs 'action' of shape"):
+        index(batch())  # one-hot actions where indices are expected
 
 
 def test_estimator_is_discrete_tbp_on_target_sub_nets():

@@ -355,7 +355,7 @@ class GEMDQNLoss(LossModule):
         """``[N, *B, A]`` values and the batch's actions -> ``[N, *B]``."""
         batch = action_values.shape[1:-1]
         if self.action_space == "one_hot":
-            if action.shape[-1] != action_values.shape[-1]:
+            if action.shape != action_values.shape[1:]:  # nothing broadcast
                 raise ValueError(
                     f"action_space='one_hot' needs {self.tensor_keys.action!r} of "
                     f"shape {(*batch, action_values.shape[-1])}, got "
@@ -363,6 +363,13 @@ class GEMDQNLoss(LossModule):
                     "action indices."
                 )
             return (action_values * action.to(action_values.dtype)).sum(-1)
+        if action.shape not in (batch, (*batch, 1)):
+            raise ValueError(
+                f"action_space='categorical' needs {self.tensor_keys.action!r} of "
+                f"shape {tuple(batch)} or {(*batch, 1)} (action indices), got "
+                f"{tuple(action.shape)}; pass action_space='one_hot' for one-hot "
+                "actions."
+            )
         index = action.reshape(*batch, 1).long()
         index = index.expand(action_values.shape[0], *batch, 1)
         return action_values.gather(-1, index).squeeze(-1)
