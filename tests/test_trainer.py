@@ -36,6 +36,9 @@ def test_memory_refresh_hook_counts_batches():
     for every in (0, 1.5, True):
         with pytest.raises(ValueError, match="every must be"):
             gem_trainer.MemoryRefreshHook(memory, "estimator", every=every)
+    # a memory whose refresh reports no diagnostics (FrameEpisodicMemory's) says so
+    with pytest.raises(ValueError, match="Memory.refresh has no 'diagnostics'"):
+        gem_trainer.MemoryRefreshHook(memory, "estimator", diagnostics=True)
 
 
 def test_bulk_target_update_equals_sequential_polyak_steps():

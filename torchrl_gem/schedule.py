@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from inspect import signature
 from typing import Any
 
 import torch
@@ -192,6 +193,12 @@ class MemoryRefreshHook(TrainerHookBase):
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1 batch, got {every!r}.")
+        if diagnostics and "diagnostics" not in signature(memory.refresh).parameters:
+            raise ValueError(
+                f"diagnostics=True needs a memory whose refresh reports them (an "
+                f"EpisodicMemory); {type(memory).__name__}.refresh has no "
+                "'diagnostics' option."
+            )
         self.memory = memory
         self.estimator = estimator
         self.every = every
