@@ -51,6 +51,24 @@ def test_rng_state_round_trip():
     assert np.array_equal(first[1], second[1]) and first[2] == second[2]
 
 
+def test_cuda_rng_states_are_saved_and_restored(monkeypatch):
+    """On a GPU machine (faked here: CI has none) the CUDA generators travel too."""
+    cuda_states = [torch.tensor([1], dtype=torch.uint8)] * 2
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: cuda_states)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = rng_state()
+    assert state["cuda"] is cuda_states
+    set_rng_state(state)
+    assert restored == [cuda_states]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.warns(UserWarning, match="2 CUDA devices and this process sees 1"):
+        set_rng_state(state)
+    assert len(restored) == 1
+
+
 def test_mujoco_state_continues_bit_for_bit():
     pytest.importorskip("mujoco")
     from torchrl.envs import GymEnv

@@ -3,7 +3,8 @@
 - :func:`write_checkpoint` / :func:`read_checkpoint`: one file per checkpoint,
   ``MAGIC | sha256 | length | torch.save(payload)``, written atomically; a damaged
   or foreign file raises :class:`CheckpointError` before anything is loaded.
-- :func:`rng_state` / :func:`set_rng_state`: torch, NumPy and Python generators.
+- :func:`rng_state` / :func:`set_rng_state`: torch (CPU and CUDA), NumPy and Python
+  generators.
 - :func:`capture_env_state` / :func:`restore_env_state`: the exact state of a
   Gymnasium MuJoCo or Atari (ale-py) environment wrapped by TorchRL's ``GymEnv``.
 - :class:`RunCheckpoint`: everything that resumes a :class:`torchrl.trainers.Trainer`
@@ -113,15 +114,29 @@ def read_checkpoint(path: Path, required: Iterable[str] = ()) -> dict:
 def rng_state() -> dict[str, Any]:
     numpy_state = np.random.get_state(legacy=False)
     numpy_state["state"]["key"] = torch.from_numpy(numpy_state["state"]["key"].copy())
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": numpy_state,
         "python": random.getstate(),
     }
+    if torch.cuda.is_available():  # smoothing noise and sampling on a GPU
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == len(cuda):
+            torch.cuda.set_rng_state_all(cuda)
+        else:  # another machine: the run goes on, no longer bit for bit
+            warnings.warn(
+                f"The checkpoint holds the RNG states of {len(cuda)} CUDA devices and "
+                f"this process sees {count}: CUDA generators are not restored.",
+                stacklevel=2,
+            )
     numpy_state = dict(state["numpy"])
     numpy_state["state"] = dict(numpy_state["state"])
     numpy_state["state"]["key"] = numpy_state["state"]["key"].numpy()
