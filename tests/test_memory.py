@@ -254,6 +254,31 @@ def test_eviction_removes_the_oldest_first():
         memory.extend(episode(5, 11))
 
 
+@pytest.mark.parametrize("finished", [False, True])
+def test_an_episode_longer_than_the_capacity_is_refused(finished):
+    """Evicting an episode that the new steps continue would store them without
+    its start (and dangle a frame memory's predecessor pointers)."""
+    memory = EpisodicMemory(capacity=10)
+
+    def steps(first, count, done_at_end=False):
+        done = torch.zeros(count, 1, dtype=torch.bool)
+        done[-1] = done_at_end
+        return TensorDict(
+            observation=torch.zeros(count, 1),
+            step_count=torch.arange(first, first + count)[:, None],
+            collector=TensorDict(traj_ids=torch.zeros(count, dtype=torch.long)),
+            next=TensorDict(
+                reward=torch.zeros(count, 1), done=done, terminated=done.clone()
+            ),
+            batch_size=[count],
+        )
+
+    memory.extend(steps(0, 8))
+    with pytest.raises(ValueError, match=r"capacity \(10 transitions\) is too small"):
+        memory.extend(steps(8, 4, done_at_end=finished))
+    assert episodes_in_memory(memory) == {0: list(range(8))}  # nothing evicted
+
+
 def test_sampling_before_any_refresh_raises():
     memory = EpisodicMemory(capacity=20, batch_size=4)
     memory.extend(FakeCollector().batch(2))
@@ -304,9 +329,9 @@ def test_a_running_episode_is_cut_without_zero_tail():
 
 
 def test_sampling_covers_only_stored_transitions():
-    memory = EpisodicMemory(capacity=10, batch_size=512)
+    memory = EpisodicMemory(capacity=16, batch_size=512)
     collector = FakeCollector(num_envs=1, seed=4)
-    for _ in range(6):
+    for _ in range(6):  # 24 steps: the oldest episodes evicted
         memory.extend(collector.batch(4))
     memory.refresh(tiny_loss().make_value_estimator(gamma=0.9).value_estimator)
     occupied = set(memory.writer.occupied_slots().tolist())

@@ -67,7 +67,7 @@ class EpisodeWriter(Writer):
         data.set(STAMP, torch.arange(self._next_stamp, self._next_stamp + num_new))
         data.set(OCCUPIED, torch.ones(num_new, dtype=torch.bool))
         self._next_stamp += num_new
-        slots = self._free_slots(num_new)
+        slots = self._free_slots(num_new, data.get(EPISODE))
         self._storage.set(slots, data)
         self._high_water = max(self._high_water, int(slots.max()) + 1)
         self._drop_caches()
@@ -127,15 +127,18 @@ class EpisodeWriter(Writer):
         occupied[self.occupied_slots().cpu()] = True
         return occupied
 
-    def _free_slots(self, num_new: int) -> torch.Tensor:
+    def _free_slots(self, num_new: int, new_episodes: torch.Tensor) -> torch.Tensor:
         occupied = self._occupied()
         missing = num_new - int((~occupied).sum())
         if missing > 0:
-            self._evict_oldest_episodes(occupied, missing)
+            self._evict_oldest_episodes(occupied, missing, new_episodes)
         return (~occupied).nonzero().squeeze(-1)[:num_new]
 
-    def _evict_oldest_episodes(self, occupied: torch.Tensor, missing: int) -> None:
-        """Free the fewest oldest whole episodes that leave room for ``missing``."""
+    def _evict_oldest_episodes(
+        self, occupied: torch.Tensor, missing: int, new_episodes: torch.Tensor
+    ) -> None:
+        """Free the fewest oldest whole episodes that leave room for ``missing``;
+        never one that the new steps continue (it would be stored without its start)."""
         slots = occupied.nonzero().squeeze(-1)
         written = self.written()
         episode = written.get(EPISODE)[slots].cpu()
@@ -145,7 +148,17 @@ class EpisodeWriter(Writer):
         first_stamp = first_stamp.scatter_reduce(0, inverse, stamp, "amin")
         by_age = first_stamp.argsort()
         enough = int((sizes[by_age].cumsum(0) < missing).sum()) + 1
-        evicted = torch.isin(episode, ids[by_age[:enough]])
+        oldest = ids[by_age[:enough]]
+        continued = oldest[torch.isin(oldest, new_episodes.cpu())]
+        if len(continued):
+            raise ValueError(
+                f"The memory's capacity ({self._storage.max_size} transitions) is too "
+                f"small for its running episodes: room for {missing} more transitions "
+                f"needs the slots of episode {int(continued[0])}, which the new steps "
+                "continue. Give it a capacity above the longest episode times the "
+                "number of environments, plus a collected batch."
+            )
+        evicted = torch.isin(episode, oldest)
         freed = slots[evicted]
         occupied[freed] = False
         self._drop_caches()
@@ -237,7 +250,9 @@ class EpisodicMemory(TensorDictReplayBuffer):
     :meth:`refresh` recomputes ``memory_return`` of every stored transition in place
     with a :class:`~torchrl_gem.TwinBackPropEstimator`; a trajectory still running
     is treated as cut at its newest stored step. When full it evicts whole oldest
-    episodes, so no stale partial episode remains.
+    episodes, so no stale partial episode remains (an episode that the new steps
+    continue is never evicted: a capacity too small for the running episodes
+    raises).
 
     Only refreshed transitions are sampled: entries written since the last
     :meth:`refresh` hold no return yet (``NaN``, or the ``memory_return`` given to
