@@ -474,7 +474,9 @@ class GEMDQNLoss(LossModule):
         ``c`` floored by its own estimator's one-step target (``floor="own"``), and
         no zero-tail candidate (``zero_tail=False``: the released code treats the
         27k-step cap as a termination, where the zero tail equals the last
-        bootstrapped candidate).
+        bootstrapped candidate). One difference remains at that cap: TorchRL marks
+        it ``truncated``, so the returns (and the sub networks' DQN targets)
+        bootstrap there where the released code counts 0.
 
         Args:
             value_type: ``None`` or ``GEMEstimators.TBP`` (or ``"tbp"``) builds a
