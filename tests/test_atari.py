@@ -148,6 +148,11 @@ def test_frame_memory_refresh_equals_stacked_memory_and_incremental():
 
         net = TensorDictModule(PixelValue(), ["pixels"], ["action_value"])
         params = TensorDict.from_module(net).expand(2).clone()
+        # two different critics: the twin columns differ, the cross-evaluation and
+        # the floor act
+        params["module", "weights"][1] = torch.tensor([3.0, -1.0, 2.0, 0.5])[
+            :, None, None
+        ]
         from torchrl_gem import TwinBackPropEstimator
 
         est = TwinBackPropEstimator(
@@ -173,6 +178,7 @@ def test_frame_memory_refresh_equals_stacked_memory_and_incremental():
     got = frames._writer.written().get("memory_return")
     want = stacked._writer.written().get("memory_return")
     assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got[:, 0], got[:, 1])
     assert torch.equal(incremental._writer.written().get("memory_return"), got)
 
 
