@@ -116,6 +116,8 @@ run_one() {  # one queue line
   fi
   exec 9>"runs/study_logs/$name.lock"
   if ! flock -n 9; then echo "skip $dir (running in another queue)"; return 0; fi
+  # again under the lock: another queue may have finished it since the check above
+  if finished "$dir" "$frames"; then echo "skip $dir (finished)"; return 0; fi
   echo "$(date +%H:%M) start $dir"
   # shellcheck disable=SC2086
   if python "recipes/$recipe.py" "${budget[@]}" "env.name=$task" "algo=$algo" \
