@@ -67,8 +67,9 @@ AXIS_LABELS = {
 TOP_TIMERS = ("collect", "update", "hook/*")  # disjoint; the other timers nest in hooks
 # task -> (random, reference) returns of the aggregate's normalisation
 # (score - random) / (reference - random): random, the uniform random policy
-# (python recipes/random_scores.py <task>: 100 episodes); reference, TD3 after 1M
-# steps (Fujimoto et al., ICML 2018, Table 1, the tasks' -v1 versions)
+# (python recipes/random_scores.py <task>: 100 episodes); reference, TD3's maximum
+# average return over 10 trials of 1M steps (Fujimoto et al., ICML 2018, Table 1,
+# the tasks' -v1 versions): 1 is TD3's best curve point there
 NORMALISATION = {
     "Hopper-v5": (19.8, 3564.07),
     "Walker2d-v5": (1.1, 4682.82),
@@ -169,6 +170,23 @@ def collect(runs, metric: str = METRIC) -> dict[tuple[str, str], list]:
     """
     keys = _group_keys(runs)
     return _grouped(keys, read_curves(keys, metric))
+
+
+def finished_runs(groups: dict) -> tuple[dict, list[str]]:
+    """``groups`` without the runs that stopped short of their cell's budget (the
+    largest last frame among its runs: a run still going), and one line per cell
+    saying what was left out."""
+    kept, notes = {}, []
+    for key, curves in groups.items():
+        budget = max(curve[-1][0] for curve in curves)
+        kept[key] = [curve for curve in curves if curve[-1][0] == budget]
+        short = sorted(curve[-1][0] for curve in curves if curve[-1][0] < budget)
+        if short:
+            notes.append(
+                f"{key[0]} {key[1]}: {len(short)} run(s) left out, at frames "
+                f"{', '.join(map(str, short))} of {budget} (still running?)"
+            )
+    return kept, notes
 
 
 def read_curves(runs, metric: str = METRIC) -> dict[Path, list]:
@@ -291,7 +309,9 @@ def _iqm_interval(scores: tuple[float, ...], reps: int) -> tuple[float, float, f
     """IQM of ``scores`` with its 95% stratified bootstrap interval; cached, since
     the paper's table and the per-task table show the same cells."""
     values = np.asarray(scores)
-    return stats.stratified_bootstrap([values], lambda t: stats.iqm(t[0]), reps=reps)
+    return stats.stratified_bootstrap(
+        [values], lambda t: stats.iqm(t[0], axis=-1), reps=reps
+    )
 
 
 def _interval(point: float, low: float, high: float) -> str:
@@ -312,7 +332,7 @@ def precisions(runs) -> dict[tuple[str, str], str]:
 
 
 def paper_table(
-    groups: dict, precision: dict | None = None, last: int = 5, reps: int = 2000
+    groups: dict, precision: dict | None = None, last: int = 5, reps: int = stats.REPS
 ) -> str:
     """The paper's layout: one row per algorithm, one column per task; each cell
     the IQM [95% CI] of the runs' scores (the mean of their ``last`` evaluations),
@@ -357,7 +377,7 @@ def stats_table(
     groups: dict,
     reference: str = "gem",
     last: int = 5,
-    reps: int = 2000,
+    reps: int = stats.REPS,
     others_improve: bool = False,
 ) -> str:
     """Per task and algorithm, over runs of the mean of the ``last`` evaluations:
@@ -424,6 +444,8 @@ def aggregate_table(
                 others_improve,
                 reps,
             )
+            if len(common) < len(tasks):  # P covers fewer tasks than the IQM
+                poi += f" ({len(common)} of its {len(tasks)} tasks)"
         runs = sum(len(scores[t, algo]) for t in tasks)
         cells = [algo, str(len(tasks)), str(runs)]
         cells += [f"{point:.2f} [{low:.2f}, {high:.2f}]", poi]
@@ -431,7 +453,9 @@ def aggregate_table(
     return "\n".join(lines)
 
 
-def paired_table(runs, metric: str, other: str, last: int = 5, reps: int = 2000) -> str:
+def paired_table(
+    runs, metric: str, other: str, last: int = 5, reps: int = stats.REPS
+) -> str:
     """Each run scored twice, on the same evaluation episodes: under ``metric`` and
     under ``other`` (an averaged actor's ``eval/return_mean`` against its online
     actor's ``eval_online/return_mean``). Per task and label, over the runs that
@@ -457,7 +481,7 @@ def paired_table(runs, metric: str, other: str, last: int = 5, reps: int = 2000)
         scores = [final_scores(curves, last) for curves in sides]
         difference = scores[0] - scores[1]
         interval = stats.stratified_bootstrap(
-            [difference], lambda t: float(np.mean(t[0])), reps=reps
+            [difference], lambda t: np.mean(t[0], axis=-1), reps=reps
         )
         cells = [task, algo, str(len(difference))]
         cells += ["{:.1f} ± {:.1f}".format(*_mean_std(s.tolist())) for s in scores]
@@ -470,7 +494,7 @@ def paired_table(runs, metric: str, other: str, last: int = 5, reps: int = 2000)
 
 
 def plot_profiles(
-    groups: dict, out: Path, last: int = 5, reps: int = 2000
+    groups: dict, out: Path, last: int = 5, reps: int = stats.REPS
 ) -> Path | None:
     """Performance profiles (rliable): per algorithm, the fraction of its runs over
     the tasks of :data:`NORMALISATION` whose normalised score exceeds ``tau``, with
@@ -493,7 +517,7 @@ def plot_profiles(
         color = f"C{index % 10}"
         ax.plot(taus, fraction, color=color, label=f"{algo} ({len(tasks)} tasks)")
         ax.fill_between(taus, low, high, color=color, alpha=0.2)
-    ax.set_xlabel("normalised score tau (0: random policy, 1: TD3 at 1M steps)")
+    ax.set_xlabel("normalised score tau (0: random policy, 1: TD3's best in 1M steps)")
     ax.set_ylabel("fraction of runs with score > tau")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -678,7 +702,9 @@ def main(argv=None) -> None:
         return
     if args.stats:  # the statistics first, then the curves' tables
         runs = labelled_runs(args.runs)
-        groups = collect(runs, args.metric)
+        groups, left_out = finished_runs(collect(runs, args.metric))
+        for note in left_out:
+            print(f"- {note}")
         print(paper_table(groups, precisions(runs)))
         table = stats_table(groups, args.stats, others_improve=args.others_improve)
         print("\n" + table + "\n")

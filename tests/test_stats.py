@@ -62,7 +62,7 @@ def test_the_bootstrap_resamples_within_each_task():
     tasks = [np.zeros(5), np.full(3, 10.0)]
     # a statistic of the second task alone never sees the first task's runs
     point, low, high = stats.stratified_bootstrap(
-        tasks, lambda resampled: float(resampled[1].mean()), reps=200
+        tasks, lambda resampled: resampled[1].mean(-1), reps=200
     )
     assert point == low == high == 10.0
 
@@ -71,11 +71,11 @@ def test_the_bootstrap_interval_is_the_percentiles_of_the_resamples():
     tasks = [np.array([0.0, 1.0])]
     # resampled means of two runs: 0 (1/4), 0.5 (1/2), 1 (1/4)
     point, low, high = stats.stratified_bootstrap(
-        tasks, lambda t: float(t[0].mean()), reps=4000, seed=1
+        tasks, lambda t: t[0].mean(-1), reps=4000, seed=1
     )
     assert point == 0.5 and low == 0.0 and high == 1.0
     narrow = stats.stratified_bootstrap(
-        tasks, lambda t: float(t[0].mean()), reps=4000, confidence=0.4, seed=1
+        tasks, lambda t: t[0].mean(-1), reps=4000, confidence=0.4, seed=1
     )
     assert narrow[1:] == (0.5, 0.5)
 
@@ -87,7 +87,7 @@ def test_the_bootstrap_interval_covers_the_mean_of_normal_samples():
     for trial in range(100):
         sample = [rng.normal(loc=2.0, size=30)]
         _, low, high = stats.stratified_bootstrap(
-            sample, lambda t: float(t[0].mean()), reps=300, seed=trial
+            sample, lambda t: t[0].mean(-1), reps=300, seed=trial
         )
         covered += low <= 2.0 <= high
     assert 85 <= covered <= 100
@@ -118,6 +118,34 @@ def test_normalise():
         0.5,
         1.0,
     ]
+
+
+def test_the_vectorised_bootstrap_equals_a_loop_over_resamples():
+    """Every resample at once gives the statistic of each resample in turn: the
+    same draws, the statistic applied one resample at a time."""
+    tasks = [np.array([0.0, 3.0, 1.0, 7.0]), np.array([2.0, -1.0, 5.0])]
+    reps, seed = 300, 4
+    rng = np.random.default_rng(seed)
+    draws = [task[rng.integers(0, len(task), (reps, len(task)))] for task in tasks]
+    looped = [stats.aggregate_iqm([draw[rep] for draw in draws]) for rep in range(reps)]
+    _, low, high = stats.stratified_bootstrap(
+        tasks, stats.aggregate_iqm, reps=reps, seed=seed
+    )
+    assert (low, high) == tuple(np.percentile(looped, [2.5, 97.5]))
+    x, y = tasks, [np.array([1.0, 1.0]), np.array([0.0, 4.0, 4.0])]
+    looped = []
+    rng = np.random.default_rng(seed)
+    draws = [t[rng.integers(0, len(t), (reps, len(t)))] for t in [*x, *y]]
+    for rep in range(reps):
+        one = [draw[rep] for draw in draws]
+        looped.append(brute_probability_of_improvement(one[:2], one[2:]))
+    _, low, high = stats.probability_of_improvement_interval(x, y, reps=reps, seed=seed)
+    assert (low, high) == pytest.approx(tuple(np.percentile(looped, [2.5, 97.5])))
+
+
+def test_a_statistic_that_reduces_the_resamples_is_refused():
+    with pytest.raises(ValueError, match="reduce only the runs' axis"):
+        stats.stratified_bootstrap([np.arange(3.0)], lambda t: float(t[0].mean()))
 
 
 def test_bootstrap_is_reproducible_by_seed():
@@ -164,6 +192,34 @@ def test_plot_stats_table_by_hand():
     table = plot.stats_table(atari, "gem", reps=200)
     assert "| ALE/Pong-v5 | td3 | 2 |" in table and "normalised" not in table
     assert plot.plot_profiles(atari, Path("never-written.png")) is None
+
+
+def test_the_aggregate_says_when_p_covers_fewer_tasks():
+    import plot
+
+    def curve(value):
+        return [(0, value), (10, value)]
+
+    groups = {
+        ("Hopper-v5", "gem"): [curve(5.0), curve(7.0)],
+        ("Hopper-v5", "sac"): [curve(6.0), curve(1.0)],
+        ("Walker2d-v5", "sac"): [curve(3.0), curve(4.0)],
+    }
+    table = plot.stats_table(groups, "gem", reps=200)
+    (sac,) = [line for line in table.splitlines() if line.startswith("| sac | 2 |")]
+    assert sac.endswith("(1 of its 2 tasks) |")  # P(gem > sac) on Hopper only
+
+
+def test_runs_short_of_their_cell_budget_are_left_out():
+    import plot
+
+    done, running = [(0, 1.0), (100, 2.0)], [(0, 1.0), (50, 3.0)]
+    groups = {("Hopper-v5", "gem"): [done, running], ("Hopper-v5", "td3"): [running]}
+    kept, notes = plot.finished_runs(groups)
+    assert kept == {("Hopper-v5", "gem"): [done], ("Hopper-v5", "td3"): [running]}
+    assert notes == [
+        "Hopper-v5 gem: 1 run(s) left out, at frames 50 of 100 (still running?)"
+    ]
 
 
 def _swinging_run(tmp_path):
