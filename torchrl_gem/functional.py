@@ -117,9 +117,16 @@ def twin_backprop_return(
                 [7., 3.]])
     """
     _check_inputs(
-        gamma, next_state_value, reward, done, terminated, cut, max_horizon, floor
+        gamma,
+        next_state_value,
+        reward,
+        done,
+        terminated,
+        cut,
+        max_horizon,
+        floor,
+        time_dim,
     )
-    _check_time_dim(time_dim, next_state_value.ndim)
     # sums accumulate in at least fp32 (NumPy, the CPU scan's loop, has no bf16)
     dtype = torch.promote_types(next_state_value.dtype, torch.float32)
     # Work with time as the second to last dimension: [*B, T, F].
@@ -355,6 +362,7 @@ def _check_inputs(
     cut: Tensor | None,
     max_horizon: int | None,
     floor: str,
+    time_dim: int,
 ) -> None:
     if next_state_value.ndim < 2 or next_state_value.shape[-1] != 2:
         raise ValueError(
@@ -370,6 +378,7 @@ def _check_inputs(
             "twin_backprop_return needs at least one transition, got "
             f"next_state_value of shape {tuple(next_state_value.shape)}."
         )
+    _check_time_dim(time_dim, next_state_value.ndim)
     expected = (*next_state_value.shape[:-1], 1)
     masks = {"done": done, "terminated": terminated}
     if cut is not None:
