@@ -51,6 +51,7 @@ import math
 import warnings
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import stats
@@ -65,16 +66,45 @@ AXIS_LABELS = {
     Q_BIAS: "Q estimate - discounted return",
 }
 TOP_TIMERS = ("collect", "update", "hook/*")  # disjoint; the other timers nest in hooks
-# task -> (random, reference) returns of the aggregate's normalisation
-# (score - random) / (reference - random): random, the uniform random policy
-# (python recipes/random_scores.py <task>: 100 episodes); reference, TD3's maximum
-# average return over 10 trials of 1M steps (Fujimoto et al., ICML 2018, Table 1,
-# the tasks' -v1 versions): 1 is TD3's best curve point there
+
+
+class Normalisation(NamedTuple):
+    """A task's normalised score, (score - random) / (reference - random)."""
+
+    random: float  # the score that maps to 0
+    reference: float  # the score that maps to 1
+    one_is: str  # what 1 is, for the tables and figures
+
+
+# MuJoCo: random, the uniform random policy (python recipes/random_scores.py <task>:
+# 100 episodes); reference, TD3's maximum average return over 10 trials of 1M steps
+# (Fujimoto et al., ICML 2018, Table 1, the tasks' -v1 versions)
+TD3_BEST = "TD3's best in 1M steps"
+# Atari: the human-normalised score, with the random and human scores of the Atari
+# 100k benchmark's tables (rliable's Atari data): published, no-sticky-action figures
+HUMAN = "human"
 NORMALISATION = {
-    "Hopper-v5": (19.8, 3564.07),
-    "Walker2d-v5": (1.1, 4682.82),
-    "HalfCheetah-v5": (-283.4, 9636.95),
+    "Hopper-v5": Normalisation(19.8, 3564.07, TD3_BEST),
+    "Walker2d-v5": Normalisation(1.1, 4682.82, TD3_BEST),
+    "HalfCheetah-v5": Normalisation(-283.4, 9636.95, TD3_BEST),
+    "ALE/Frostbite-v5": Normalisation(65.2, 4334.7, HUMAN),
+    "ALE/MsPacman-v5": Normalisation(307.3, 6951.6, HUMAN),
 }
+
+
+def normalised_scores(scores: dict, algo: str) -> tuple[list[str], list]:
+    """The tasks of :data:`NORMALISATION` that ``algo`` ran, and its normalised
+    scores on each (``scores``: ``{(task, algo): final scores}``)."""
+    tasks = [task for task in NORMALISATION if (task, algo) in scores]
+    normalised = [
+        stats.normalise(scores[task, algo], *NORMALISATION[task][:2]) for task in tasks
+    ]
+    return tasks, normalised
+
+
+def one_is(tasks) -> str:
+    """What a normalised score of 1 is over ``tasks`` (of :data:`NORMALISATION`)."""
+    return " / ".join(dict.fromkeys(NORMALISATION[task].one_is for task in tasks))
 
 
 def pyplot():
@@ -172,21 +202,26 @@ def collect(runs, metric: str = METRIC) -> dict[tuple[str, str], list]:
     return _grouped(keys, read_curves(keys, metric))
 
 
-def finished_runs(groups: dict) -> tuple[dict, list[str]]:
-    """``groups`` without the runs that stopped short of their cell's budget (the
-    largest last frame among its runs: a run still going), and one line per cell
-    saying what was left out."""
-    kept, notes = {}, []
-    for key, curves in groups.items():
-        budget = max(curve[-1][0] for curve in curves)
-        kept[key] = [curve for curve in curves if curve[-1][0] == budget]
-        short = sorted(curve[-1][0] for curve in curves if curve[-1][0] < budget)
-        if short:
-            notes.append(
-                f"{key[0]} {key[1]}: {len(short)} run(s) left out, at frames "
-                f"{', '.join(map(str, short))} of {budget} (still running?)"
-            )
-    return kept, notes
+def finished_runs(runs, metric: str = METRIC) -> tuple[dict, list[str]]:
+    """:func:`collect`'s groups of the runs that reached their budget
+    (``run_info.json``'s ``total_frames``), and one line per cell saying which runs
+    were left out (runs still going, or stopped)."""
+    keys = _group_keys(runs)
+    curves = read_curves(keys, metric)
+    finished, short = {}, defaultdict(list)
+    for run, curve in curves.items():
+        budget = json.loads((run / "run_info.json").read_text())["total_frames"]
+        if curve[-1][0] >= budget:
+            finished[run] = curve
+        else:
+            short[keys[run]].append((curve[-1][0], budget))
+    notes = [
+        f"{task} {algo}: {len(stopped)} run(s) left out, at frames "
+        f"{', '.join(str(frame) for frame, _ in sorted(stopped))} of "
+        f"{stopped[0][1]} (still running?)"
+        for (task, algo), stopped in sorted(short.items())
+    ]
+    return _grouped(keys, finished), notes
 
 
 def read_curves(runs, metric: str = METRIC) -> dict[Path, list]:
@@ -420,18 +455,18 @@ def aggregate_table(
     algos = sorted({algo for _, algo in scores})
     if not any(task in NORMALISATION for task, _ in scores):
         return ""
+    normalised_to = one_is(task for task, _ in scores if task in NORMALISATION)
     lines = [
+        f"Normalised: 0 is the random policy, 1 is {normalised_to}.",
+        "",
         "| algorithm | tasks | runs | normalised IQM [95% CI] | "
         f"{_poi_header(reference, others_improve)} |",
         "|---|---:|---:|---:|---:|",
     ]
     for algo in algos:
-        tasks = [t for t in NORMALISATION if (t, algo) in scores]
+        tasks, normalised = normalised_scores(scores, algo)
         if not tasks:
             continue
-        normalised = [
-            stats.normalise(scores[t, algo], *NORMALISATION[t]) for t in tasks
-        ]
         point, low, high = stats.stratified_bootstrap(
             normalised, stats.aggregate_iqm, reps=reps
         )
@@ -507,17 +542,15 @@ def plot_profiles(
     taus = np.linspace(-0.1, 1.2, 66)
     fig, ax = plt.subplots(figsize=(6, 4))
     for index, algo in enumerate(sorted({algo for _, algo in scores})):
-        tasks = [t for t in NORMALISATION if (t, algo) in scores]
+        tasks, normalised = normalised_scores(scores, algo)
         if not tasks:
             continue
-        normalised = [
-            stats.normalise(scores[t, algo], *NORMALISATION[t]) for t in tasks
-        ]
         fraction, low, high = stats.performance_profile(normalised, taus, reps=reps)
         color = f"C{index % 10}"
         ax.plot(taus, fraction, color=color, label=f"{algo} ({len(tasks)} tasks)")
         ax.fill_between(taus, low, high, color=color, alpha=0.2)
-    ax.set_xlabel("normalised score tau (0: random policy, 1: TD3's best in 1M steps)")
+    normalised_to = one_is(task for task, _ in scores if task in NORMALISATION)
+    ax.set_xlabel(f"normalised score tau (0: random policy, 1: {normalised_to})")
     ax.set_ylabel("fraction of runs with score > tau")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -702,7 +735,7 @@ def main(argv=None) -> None:
         return
     if args.stats:  # the statistics first, then the curves' tables
         runs = labelled_runs(args.runs)
-        groups, left_out = finished_runs(collect(runs, args.metric))
+        groups, left_out = finished_runs(runs, args.metric)
         for note in left_out:
             print(f"- {note}")
         print(paper_table(groups, precisions(runs)))

@@ -4,7 +4,8 @@
 
 Each task: ``--episodes`` full episodes of uniformly random actions (Gymnasium's
 ``action_space.sample``, seeded), the mean and std of their undiscounted returns.
-``plot.py``'s ``NORMALISATION`` holds what this printed.
+``plot.py``'s ``NORMALISATION`` holds what this printed for the MuJoCo tasks (the
+Atari games' are the published random and human scores).
 """
 
 from __future__ import annotations

@@ -180,18 +180,24 @@ def test_plot_stats_table_by_hand():
     )
     assert "| 0.44 ± 0.44 | 0.75 [" in table
     # normalised by Hopper's (random, reference) = (19.8, 3564.07)
-    random, reference = plot.NORMALISATION["Hopper-v5"]
+    random, reference, _ = plot.NORMALISATION["Hopper-v5"]
     expected = (6.0 - random) / (reference - random)
     assert f"| gem | 1 | 2 | {expected:.2f} [" in table
+    assert "1 is TD3's best in 1M steps." in table
     # the other way round (a candidate against a baseline): P(td3 > gem) = 1/4
     reversed_table = plot.stats_table(groups, "gem", reps=200, others_improve=True)
     assert "| P(algorithm > gem) [95% CI] |" in reversed_table
     assert "| 0.44 ± 0.44 | 0.25 [" in reversed_table
-    # a task without a normalisation (an Atari game): no aggregate, no profile
-    atari = {("ALE/Pong-v5", algo): curves for (_, algo), curves in groups.items()}
-    table = plot.stats_table(atari, "gem", reps=200)
+    # a task without a normalisation: no aggregate, no profile
+    pong = {("ALE/Pong-v5", algo): curves for (_, algo), curves in groups.items()}
+    table = plot.stats_table(pong, "gem", reps=200)
     assert "| ALE/Pong-v5 | td3 | 2 |" in table and "normalised" not in table
-    assert plot.plot_profiles(atari, Path("never-written.png")) is None
+    assert plot.plot_profiles(pong, Path("never-written.png")) is None
+    # an Atari game of the study: human-normalised, (6 - 307.3) / (6951.6 - 307.3)
+    pacman = {("ALE/MsPacman-v5", algo): c for (_, algo), c in groups.items()}
+    table = plot.stats_table(pacman, "gem", reps=200)
+    assert "Normalised: 0 is the random policy, 1 is human." in table
+    assert f"| gem | 1 | 2 | {(6.0 - 307.3) / (6951.6 - 307.3):.2f} [" in table
 
 
 def test_the_aggregate_says_when_p_covers_fewer_tasks():
@@ -210,15 +216,34 @@ def test_the_aggregate_says_when_p_covers_fewer_tasks():
     assert sac.endswith("(1 of its 2 tasks) |")  # P(gem > sac) on Hopper only
 
 
-def test_runs_short_of_their_cell_budget_are_left_out():
+def _run_with_returns(root, task, algo, seed, total_frames, returns):
+    """A run directory whose ``eval/return_mean`` log holds ``returns``."""
+    import json
+
+    run = root / task / algo / f"seed{seed}"
+    (run / "logs" / "scalars" / "eval").mkdir(parents=True)
+    info = {"env": task, "algo": algo, "seed": seed, "total_frames": total_frames}
+    (run / "run_info.json").write_text(json.dumps(info))
+    rows = "".join(f"{frame},{value}\n" for frame, value in returns)
+    (run / "logs" / "scalars" / "eval" / "return_mean.csv").write_text(rows)
+    return run
+
+
+def test_runs_short_of_their_budget_are_left_out(tmp_path):
     import plot
 
     done, running = [(0, 1.0), (100, 2.0)], [(0, 1.0), (50, 3.0)]
-    groups = {("Hopper-v5", "gem"): [done, running], ("Hopper-v5", "td3"): [running]}
-    kept, notes = plot.finished_runs(groups)
-    assert kept == {("Hopper-v5", "gem"): [done], ("Hopper-v5", "td3"): [running]}
+    runs = [
+        _run_with_returns(tmp_path, "Hopper-v5", "gem", 0, 100, done),
+        _run_with_returns(tmp_path, "Hopper-v5", "gem", 1, 100, running),
+        # a cell whose only run is still going drops out whole
+        _run_with_returns(tmp_path, "Hopper-v5", "td3", 0, 100, running),
+    ]
+    groups, notes = plot.finished_runs(runs)
+    assert groups == {("Hopper-v5", "gem"): [done]}
     assert notes == [
-        "Hopper-v5 gem: 1 run(s) left out, at frames 50 of 100 (still running?)"
+        "Hopper-v5 gem: 1 run(s) left out, at frames 50 of 100 (still running?)",
+        "Hopper-v5 td3: 1 run(s) left out, at frames 50 of 100 (still running?)",
     ]
 
 
