@@ -5,7 +5,8 @@ ALE env of ``interaction.make_atari_env``, a ``FrameEpisodicMemory``) for ``gem`
 ``dqn`` in ``optim.precision`` fp32 and bf16, and times, in rounds that interleave
 the variants (the order rotating):
 
-- a gradient step (``TimedStepper.step``) on a batch of ``--batch`` stacked states;
+- a gradient step (``TimedStepper.step``; gem's loss compiled, the recipe's default)
+  on a batch of ``--batch`` stacked states;
 - an agent step: the exploration policy on the current state, then the env step;
 - for gem, the refresh's cost per stored state (``memory.refresh`` of
   ``--transitions`` synthetic transitions, every next state through the 4 target
@@ -20,8 +21,9 @@ refresh of the whole memory every ``target_update_interval`` gradient steps
 (``--memory`` stored states; the study: 200k agent steps, a target copy every 625
 gradient steps, 25 per 500 agent steps). The ``-before`` variants are the code
 before the speed work (``NatureQNet``'s explicit 'same' padding and float32 copies
-of the frames, TorchRL's default stepper, an eager refresh), rebuilt here; the ratios
-are to them.
+of the frames, TorchRL's default stepper, eager gradient steps and refresh), rebuilt
+here; the ratios are to them. ``gem-bf16-study`` is the code the Atari study's runs
+had: the refresh compiled, the gradient steps eager.
 
 Run: ``python benchmarks/atari_speed.py`` (a few minutes on 2 cores);
 ``--rounds 2 --transitions 2000`` for a quick look.
@@ -45,12 +47,13 @@ from tensordict import TensorDict  # noqa: E402
 
 from torchrl_gem.frames import FrameEpisodicMemory  # noqa: E402
 
-# (algorithm, precision, code): "before" is the code before the speed work
+# (algorithm, precision, code): "before" is the code before the speed work, "study"
+# the Atari study's (gem's gradient steps eager)
 VARIANTS = tuple(
     (algo, precision, code)
     for algo in ("gem", "dqn")
     for precision, code in (("fp32", "before"), ("fp32", "now"), ("bf16", "now"))
-)
+) + (("gem", "bf16", "study"),)
 
 
 class Host:
@@ -132,24 +135,25 @@ class Variant:
         from interaction import make_atari_env
         from torchrl.trainers import DefaultOptimizationStepper
 
-        self.name = f"{algo}-{precision}" + ("-before" if code == "before" else "")
-        self.cfg = gem_atari.load_config(
-            [
-                f"algo={algo}",
-                f"env.name={args.env}",
-                f"optim.precision={precision}",
-                f"memory.capacity={args.transitions}",
-                "optim.num_threads=1",
-                # the refresh compiled (gem's default) now, eager before
-                f"optim.compile={str(code == 'now').lower()}",
-            ]
-        )
+        self.name = f"{algo}-{precision}" + ("" if code == "now" else f"-{code}")
+        overrides = [
+            f"algo={algo}",
+            f"env.name={args.env}",
+            f"optim.precision={precision}",
+            f"memory.capacity={args.transitions}",
+            "optim.num_threads=1",
+        ]
+        if code == "before":  # eager; now: the default (gem compiled, dqn eager)
+            overrides.append("optim.compile=false")
+        self.cfg = gem_atari.load_config(overrides)
         self.env = make_atari_env(self.cfg, 0, clip_rewards=True)
         spec = self.env.action_spec
         self.loss, greedy = atari_builders.make_agent(self.cfg, spec)
         self.policy = atari_builders.make_exploration_policy(self.cfg, greedy, spec)
         self.stepper = atari_builders.make_stepper(self.cfg, self.loss)
         self.host = Host(self.loss)
+        if code == "study":
+            self.stepper.compiled_loss = None
         if code == "before":  # and TorchRL's default stepper, as the recipe had
             as_before(self.loss)
             self.stepper = DefaultOptimizationStepper()
@@ -263,7 +267,9 @@ def main() -> None:
     by_name = {variant.name: variant for variant in variants}
     for algo in ("gem", "dqn"):
         base = by_name[f"{algo}-fp32-before"]
-        for name in (f"{algo}-fp32", f"{algo}-bf16"):
+        for name in (f"{algo}-fp32", f"{algo}-bf16", f"{algo}-bf16-study"):
+            if name not in by_name:
+                continue
             now = by_name[name]
             parts = ", ".join(
                 f"{key} {statistics.median(base.times[key]) / statistics.median(now.times[key]):.2f}x"  # noqa: E501

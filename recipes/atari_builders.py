@@ -26,6 +26,7 @@ from torchrl.trainers import (
 )
 
 from torchrl_gem import GEMDQNLoss, make_gem_dqn_policy, make_nature_cnn_qnet
+from torchrl_gem.compiling import CompiledCall
 from torchrl_gem.frames import FrameEpisodicMemory
 
 
@@ -99,17 +100,37 @@ def make_optimizer(cfg: DictConfig, loss) -> torch.optim.Adam:
 class TimedStepper(MixedPrecisionOptimizationStepper):
     """TorchRL's mixed-precision step (the sum of the ``loss*`` entries, one
     optimiser, the gradient-norm clip; the forward pass under bf16 autocast with
-    ``mixed_precision``), timed under ``timeit("update")``."""
+    ``mixed_precision``), timed under ``timeit("update")``.
+
+    With ``compiled_loss``, the forward pass calls that loss through
+    :class:`~torchrl_gem.compiling.CompiledCall` (``torch.compile``, eager where it
+    fails) instead of the trainer's eager call.
+    """
+
+    def __init__(self, optimizer, *, compiled_loss=None, **kwargs) -> None:
+        super().__init__(optimizer, **kwargs)
+        self.compiled_loss = None
+        if compiled_loss is not None:
+            # the module, not its forward: its hooks (select_out_keys) stay
+            name = type(compiled_loss).__name__
+            self.compiled_loss = CompiledCall(compiled_loss, name=name)
+
+    def compute_loss(self, sub_batch: TensorDictBase) -> TensorDictBase:
+        return self.compiled_loss(sub_batch)
 
     def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
+        # the parent's step reads only ``compute_loss`` of the trainer it is given
+        host = trainer if self.compiled_loss is None else self
         with timeit("update"):
-            return super().step(trainer, sub_batch)
+            return super().step(host, sub_batch)
 
 
 def make_stepper(cfg: DictConfig, loss) -> TimedStepper:
-    """One Adam over every trained network, stepped in ``optim.precision``."""
+    """One Adam over every trained network, stepped in ``optim.precision``; GEM's
+    loss compiled with ``optim.compile`` (null: on for gem)."""
     return TimedStepper(
         make_optimizer(cfg, loss),
+        compiled_loss=loss if compile_enabled(cfg) else None,
         mixed_precision=network_precision(cfg) == "bf16",
         clip_norm=cfg.optim.max_grad_norm,
         device_type="cpu",

@@ -173,8 +173,9 @@ class AtariOptimConfig:
     # fp32 | bf16: bf16 autocast for the gradient steps and the refresh (acting
     # stays fp32), fp32 weights and Adam; fp32 where bf16 is not fast
     precision: Precision = Precision.fp32
-    # torch.compile the refresh's target pass (~40 s to compile, eager where it
-    # fails; the gradient steps stay eager); null = on for algo.loss=gem
+    # torch.compile GEM-DQN's loss in the gradient steps and the refresh's target
+    # pass (~1 min to compile, eager where it fails); null = on for algo.loss=gem
+    # (DQNLoss measured slower compiled)
     compile: bool | None = None
 
 

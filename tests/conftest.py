@@ -38,12 +38,14 @@ def torchrl_log(monkeypatch, caplog):
 
 
 class LossHost:
-    """What :class:`~torchrl_gem.trainer.DelayedActorStepper` uses of a Trainer."""
+    """What the steppers (``DelayedActorStepper``, TorchRL's) use of a Trainer."""
 
     def __init__(self, loss):
         self.loss_module = loss
 
-    def compute_loss(self, batch, method):
+    def compute_loss(self, batch, method=None):
+        if method is None:  # the loss's forward, as Trainer.compute_loss
+            return self.loss_module(batch)
         return getattr(self.loss_module, method)(batch)
 
 

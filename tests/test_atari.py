@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import merge_overrides
 from tensordict import TensorDict
+from torchrl.data import OneHot
 
 pytest.importorskip("ale_py", reason="the atari extra (ale-py) is not installed")
 pytest.importorskip("cv2", reason="the atari extra (opencv) is not installed")
@@ -281,22 +282,15 @@ def test_learning_rewards_clipped_raw_scores_kept():
     assert {"done", "terminated", "truncated"} <= set(spec.keys())
 
 
-@pytest.mark.parametrize("algo", ["gem", "dqn", "ddqn"])
-def test_losses_are_summed_over_the_batch_as_released(algo):
-    """optim.loss_reduction (default sum, as released) reaches every loss term: on
-    one batch, each term summed is batch_size times its mean."""
-    assert config().optim.loss_reduction == "sum"
-    spec = make_atari_env(config(), 0, clip_rewards=True).action_spec
-    batch_size, num_actions = 5, spec.shape[-1]
-    generator = torch.Generator().manual_seed(0)
+def stacked_batch(batch_size, num_actions, generator, size=84):
+    """A sampled batch of uint8 4-stacks, one-hot actions and twin memory returns."""
 
     def pixels():
-        return torch.randint(0, 256, (batch_size, 4, 84, 84), generator=generator).to(
-            torch.uint8
-        )
+        shape = (batch_size, 4, size, size)
+        return torch.randint(0, 256, shape, generator=generator).to(torch.uint8)
 
     actions = torch.randint(0, num_actions, (batch_size,), generator=generator)
-    batch = TensorDict(
+    return TensorDict(
         {
             PIXELS: pixels(),
             "action": torch.nn.functional.one_hot(actions, num_actions),
@@ -310,6 +304,16 @@ def test_losses_are_summed_over_the_batch_as_released(algo):
         },
         batch_size=[batch_size],
     )
+
+
+@pytest.mark.parametrize("algo", ["gem", "dqn", "ddqn"])
+def test_losses_are_summed_over_the_batch_as_released(algo):
+    """optim.loss_reduction (default sum, as released) reaches every loss term: on
+    one batch, each term summed is batch_size times its mean."""
+    assert config().optim.loss_reduction == "sum"
+    spec = make_atari_env(config(), 0, clip_rewards=True).action_spec
+    batch_size = 5
+    batch = stacked_batch(batch_size, spec.shape[-1], torch.Generator().manual_seed(0))
     losses = {}
     for reduction in ("sum", "mean"):
         torch.manual_seed(0)  # the same networks for both
@@ -321,6 +325,15 @@ def test_losses_are_summed_over_the_batch_as_released(algo):
         summed, mean = losses["sum"][name], losses["mean"][name]
         assert summed.item() > 0
         torch.testing.assert_close(summed, batch_size * mean, msg=name)
+
+
+@pytest.mark.parametrize("algo, compiled", [("gem", True), ("dqn", False)])
+def test_gradient_steps_compile_by_default_for_gem_only(algo, compiled):
+    """optim.compile unset: GEM-DQN's loss compiled (faster), DQN's eager (not)."""
+    cfg = config(f"algo={algo}", "env.screen_size=36")
+    loss, _ = atari_builders.make_agent(cfg, OneHot(3))
+    stepper = atari_builders.make_stepper(cfg, loss)
+    assert (stepper.compiled_loss is not None) == compiled
 
 
 # ----------------------------------------------------------------- config

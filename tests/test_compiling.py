@@ -138,3 +138,45 @@ def test_compiled_frame_refresh_equals_eager():
         ]
     assert loss.value_estimator._compiled_chunk_value.compiled
     torch.testing.assert_close(returns[True], returns[False], rtol=2e-2, atol=2e-2)
+
+
+@needs_cpp_compiler
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_atari_gradient_steps_equal_eager(precision, monkeypatch):
+    """The Atari recipe's stepper with GEM-DQN's loss compiled (``optim.compile``,
+    on for gem) against eager: the losses of three steps and every weight after."""
+    import atari_builders
+    from test_atari import config, stacked_batch
+    from torchrl.data import OneHot
+
+    from torchrl_gem import precision as precision_module
+
+    monkeypatch.setattr(precision_module, "bf16_is_fast", lambda device: True)
+    batches = [
+        stacked_batch(8, 3, torch.Generator().manual_seed(i), size=36) for i in range(3)
+    ]
+    metrics, weights = {}, {}
+    for compile in (False, True):
+        torch.manual_seed(0)  # the same networks for both
+        cfg = config(
+            "algo=gem",
+            "env.screen_size=36",  # small frames: 36 -> 9 -> 5 -> 5
+            f"optim.precision={precision}",
+            f"optim.compile={str(compile).lower()}",
+        )
+        loss, _ = atari_builders.make_agent(cfg, OneHot(3))
+        stepper, host = atari_builders.make_stepper(cfg, loss), LossHost(loss)
+        metrics[compile] = [stepper.step(host, batch.clone()) for batch in batches]
+        weights[compile] = loss.state_dict()
+    assert stepper.compiled_loss.compiled
+    # bf16 rounds differently where the compiler fuses; fp32 to float error
+    tolerance = (
+        {"rtol": 1e-4, "atol": 1e-5}
+        if precision == "fp32"
+        else {"rtol": 2e-2, "atol": 1e-3}
+    )
+    for eager, compiled in zip(metrics[False], metrics[True], strict=True):
+        assert set(compiled.keys()) == {"loss_sub", "loss_meta", "grad_norm"}
+        torch.testing.assert_close(compiled, eager, **tolerance)
+    for name, value in weights[False].items():
+        torch.testing.assert_close(weights[True][name], value, **tolerance)
