@@ -96,9 +96,10 @@ def normalised_scores(scores: dict, algo: str) -> tuple[list[str], list]:
     """The tasks of :data:`NORMALISATION` that ``algo`` ran, and its normalised
     scores on each (``scores``: ``{(task, algo): final scores}``)."""
     tasks = [task for task in NORMALISATION if (task, algo) in scores]
-    normalised = [
-        stats.normalise(scores[task, algo], *NORMALISATION[task][:2]) for task in tasks
-    ]
+    normalised = []
+    for task in tasks:
+        zero, one = NORMALISATION[task].random, NORMALISATION[task].reference
+        normalised.append(stats.normalise(scores[task, algo], zero, one))
     return tasks, normalised
 
 
