@@ -532,7 +532,7 @@ def test_bf16_run_acts_steps_and_refreshes_under_autocast(tmp_path, monkeypatch)
     assert seen == {"refresh": {"bf16"}, "loss": {True}, "acting": {False}}
 
 
-def test_fp32_is_the_default_and_runs_no_autocast(tmp_path, monkeypatch):
+def test_fp32_runs_no_autocast(tmp_path, monkeypatch):
     from torchrl_gem import GEMDQNLoss
 
     sub_loss = GEMDQNLoss.sub_loss
@@ -543,10 +543,12 @@ def test_fp32_is_the_default_and_runs_no_autocast(tmp_path, monkeypatch):
         return sub_loss(self, tensordict)
 
     monkeypatch.setattr(GEMDQNLoss, "sub_loss", loss_spy)
-    cfg = recipe.load_config(tiny("gem", tmp_path))
-    assert cfg.optim.precision == "fp32"
-    recipe.train(cfg)
+    recipe.train(recipe.load_config(tiny("gem", tmp_path, "optim.precision=fp32")))
     assert seen == {False}
+
+
+def test_bf16_is_the_default():
+    assert config().optim.precision == "bf16"
 
 
 def test_bf16_parity_on_a_trained_checkpoint(tmp_path):
