@@ -632,11 +632,13 @@ def plot_groups(
         bias_ax.axhline(0.0, color="black", linewidth=0.8)
         bias_ax.set_title(f"{task}: overestimation")
         bias_ax.set_ylabel(AXIS_LABELS[Q_BIAS])
+    # TorchRL's frames are an Atari run's agent steps (frame skip 4)
+    atari = all(task.startswith("ALE/") for task in tasks)
     for ax in axes.flat:
         if not ax.has_data():
             ax.axis("off")
             continue
-        ax.set_xlabel("environment frames")
+        ax.set_xlabel("agent steps" if atari else "environment frames")
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 20k, 1M: no overlap
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
