@@ -1,9 +1,12 @@
-"""Small shared builders: tiny networks, trajectory batches, collector-like batches."""
+"""Small shared builders: tiny networks, trajectory batches, collector-like batches,
+run directories as the recipes leave them."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from pathlib import Path
 
 # Target networks without an updater warn on every call; silence that here.
 os.environ.setdefault("RL_WARNINGS", "0")
@@ -35,6 +38,26 @@ def torchrl_log(monkeypatch, caplog):
     monkeypatch.setattr(logger, "propagate", True)
     caplog.set_level("WARNING", logger=logger.name)
     return caplog
+
+
+def write_log(path: Path, rows) -> Path:
+    """A scalar's CSV log as the recipes' CSV logger writes it: ``step,value`` rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{step},{value}\n" for step, value in rows))
+    return path
+
+
+def write_run(root: Path, env: str, algo: str, seed: int, total_frames: int, scalars):
+    """A run directory ``root/env/algo/seed<seed>`` as the recipes leave it: its
+    ``run_info.json`` and a CSV log per scalar (``scalars``: ``{"eval/return_mean":
+    [(frame, value), ...], ...}``)."""
+    run_dir = root / env / algo / f"seed{seed}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, rows in scalars.items():
+        write_log(run_dir / "logs" / "scalars" / f"{name}.csv", rows)
+    info = {"env": env, "algo": algo, "seed": seed, "total_frames": total_frames}
+    (run_dir / "run_info.json").write_text(json.dumps(info))
+    return run_dir
 
 
 class LossHost:

@@ -7,12 +7,11 @@ interruption, for the MuJoCo and the Atari recipe.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pytest
-from conftest import run_killed
+from conftest import run_killed, write_log, write_run
 from conftest import tiny_mujoco_run as tiny
 
 pytest.importorskip("hydra")
@@ -108,12 +107,6 @@ def test_atari_run_killed_between_checkpoints_logs_each_step_once(tmp_path):
 
 
 # -------------------------------------------------------------------- cut
-def write_log(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{step},{value}\n" for step, value in rows))
-    return path
-
-
 def test_cut_keeps_rows_at_or_before_the_step_in_every_file(tmp_path):
     a = write_log(tmp_path / "scalars" / "a.csv", [(0, 1.0), (100, 2.0), (200, 3.0)])
     b = write_log(tmp_path / "scalars" / "time" / "b.csv", [(50, 0.5), (150, 1.5)])
@@ -205,13 +198,8 @@ def test_a_new_run_refuses_another_runs_logs(folder, tmp_path):
 
 # -------------------------------------------------------------------- plot
 def fake_run(root: Path, curve, timer) -> Path:
-    run_dir = root / "Hopper-v5" / "gem" / "seed0"
-    scalars = run_dir / "logs" / "scalars"
-    write_log(scalars / "eval" / "return_mean.csv", curve)
-    write_log(scalars / "time" / "update.csv", timer)
-    info = {"env": "Hopper-v5", "algo": "gem", "seed": 0, "total_frames": 400}
-    (run_dir / "run_info.json").write_text(json.dumps(info))
-    return run_dir
+    scalars = {"eval/return_mean": curve, "time/update": timer}
+    return write_run(root, "Hopper-v5", "gem", 0, 400, scalars)
 
 
 # logged by a run killed at 300 and resumed from its checkpoint at 200, before the

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import needs_cpp_compiler
+from conftest import needs_cpp_compiler, write_run
 from conftest import tiny_mujoco_run as tiny
 
 pytest.importorskip("mujoco")
@@ -497,13 +497,7 @@ def test_command_line_sigint_checkpoints_then_resumes(tmp_path):
 
 # --------------------------------------------------------------------- plot
 def _fake_run(root: Path, env: str, algo: str, seed: int, curve) -> None:
-    run_dir = root / env / algo / f"seed{seed}"
-    scalars = run_dir / "logs" / "scalars" / "eval"
-    scalars.mkdir(parents=True)
-    info = {"env": env, "algo": algo, "seed": seed, "total_frames": 20}
-    (run_dir / "run_info.json").write_text(json.dumps(info))
-    lines = [f"{step},{value}" for step, value in curve]
-    (scalars / "return_mean.csv").write_text("\n".join(lines) + "\n")
+    write_run(root, env, algo, seed, 20, {"eval/return_mean": curve})
 
 
 def test_plot_command_writes_curves_and_table(tmp_path, capsys):

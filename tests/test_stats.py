@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_run
 
 pytest.importorskip("scipy")
 
@@ -216,28 +217,16 @@ def test_the_aggregate_says_when_p_covers_fewer_tasks():
     assert sac.endswith("(1 of its 2 tasks) |")  # P(gem > sac) on Hopper only
 
 
-def _run_with_returns(root, task, algo, seed, total_frames, returns):
-    """A run directory whose ``eval/return_mean`` log holds ``returns``."""
-    import json
-
-    run = root / task / algo / f"seed{seed}"
-    (run / "logs" / "scalars" / "eval").mkdir(parents=True)
-    info = {"env": task, "algo": algo, "seed": seed, "total_frames": total_frames}
-    (run / "run_info.json").write_text(json.dumps(info))
-    rows = "".join(f"{frame},{value}\n" for frame, value in returns)
-    (run / "logs" / "scalars" / "eval" / "return_mean.csv").write_text(rows)
-    return run
-
-
 def test_runs_short_of_their_budget_are_left_out(tmp_path):
     import plot
 
     done, running = [(0, 1.0), (100, 2.0)], [(0, 1.0), (50, 3.0)]
+    returns = "eval/return_mean"
     runs = [
-        _run_with_returns(tmp_path, "Hopper-v5", "gem", 0, 100, done),
-        _run_with_returns(tmp_path, "Hopper-v5", "gem", 1, 100, running),
+        write_run(tmp_path, "Hopper-v5", "gem", 0, 100, {returns: done}),
+        write_run(tmp_path, "Hopper-v5", "gem", 1, 100, {returns: running}),
         # a cell whose only run is still going drops out whole
-        _run_with_returns(tmp_path, "Hopper-v5", "td3", 0, 100, running),
+        write_run(tmp_path, "Hopper-v5", "td3", 0, 100, {returns: running}),
     ]
     groups, notes = plot.finished_runs(runs)
     assert groups == {("Hopper-v5", "gem"): [done]}
@@ -249,25 +238,11 @@ def test_runs_short_of_their_budget_are_left_out(tmp_path):
 
 def _swinging_run(tmp_path):
     """A run whose evaluations drop at 30 and 50 (of its best so far, 100)."""
-    import json
-
-    run = tmp_path / "Hopper-v5" / "gem" / "seed0"
-    scalars = run / "logs" / "scalars"
-    (scalars / "eval").mkdir(parents=True)
-    (run / "run_info.json").write_text(
-        json.dumps({"env": "Hopper-v5", "algo": "gem", "seed": 0, "total_frames": 50})
-    )
     returns = [(0, 10.0), (10, 100.0), (20, 90.0), (30, 30.0), (40, 95.0), (50, 20.0)]
     bias = [(0, 1.0), (10, 2.0), (20, 3.0), (30, 50.0), (40, 4.0), (50, 60.0)]
     loss = [(5, 1.0), (15, 2.0), (25, 8.0), (28, 10.0), (35, 4.0), (45, 6.0)]
-    for name, rows in (
-        ("eval/return_mean", returns),
-        ("eval/q_bias", bias),
-        ("loss_qvalue", loss),
-    ):
-        text = "".join(f"{frame},{value}\n" for frame, value in rows)
-        (scalars / f"{name}.csv").write_text(text)
-    return run
+    scalars = {"eval/return_mean": returns, "eval/q_bias": bias, "loss_qvalue": loss}
+    return write_run(tmp_path, "Hopper-v5", "gem", 0, 50, scalars)
 
 
 def test_swings_groups_the_evaluations_around_drops(tmp_path):
