@@ -103,8 +103,10 @@ def normalised_scores(scores: dict, algo: str) -> tuple[list[str], list]:
     return tasks, normalised
 
 
-def one_is(tasks) -> str:
-    """What a normalised score of 1 is over ``tasks`` (of :data:`NORMALISATION`)."""
+def one_is(scores: dict) -> str:
+    """What a normalised score of 1 is over the tasks of ``scores`` (keyed by
+    ``(task, algo)``) that :data:`NORMALISATION` holds."""
+    tasks = (task for task, _ in scores if task in NORMALISATION)
     return " / ".join(dict.fromkeys(NORMALISATION[task].one_is for task in tasks))
 
 
@@ -211,7 +213,7 @@ def finished_runs(runs, metric: str = METRIC) -> tuple[dict, list[str]]:
     curves = read_curves(keys, metric)
     finished, short = {}, defaultdict(list)
     for run, curve in curves.items():
-        budget = json.loads((run / "run_info.json").read_text())["total_frames"]
+        budget = run_info(run)["total_frames"]
         if curve[-1][0] >= budget:
             finished[run] = curve
         else:
@@ -239,12 +241,19 @@ def _grouped(keys: dict, curves: dict) -> dict[tuple[str, str], list]:
     return dict(sorted(groups.items()))
 
 
+@functools.cache
+def run_info(run: Path) -> dict:
+    """The run's ``run_info.json`` (task, algorithm, seed, budget), read once per
+    process: a run writes it at its start, and every table and check reads it."""
+    return json.loads((run / "run_info.json").read_text())
+
+
 def _group_keys(runs) -> dict[Path, tuple[str, str]]:
     """``{run: (task, label or algorithm)}`` for a run list or a run -> label map."""
     labels = runs if isinstance(runs, dict) else dict.fromkeys(runs)
     keys = {}
     for run, label in labels.items():
-        info = json.loads((run / "run_info.json").read_text())
+        info = run_info(run)
         keys[run] = (info["env"], label or info["algo"])
     return keys
 
@@ -456,9 +465,8 @@ def aggregate_table(
     algos = sorted({algo for _, algo in scores})
     if not any(task in NORMALISATION for task, _ in scores):
         return ""
-    normalised_to = one_is(task for task, _ in scores if task in NORMALISATION)
     lines = [
-        f"Normalised: 0 is the random policy, 1 is {normalised_to}.",
+        f"Normalised: 0 is the random policy, 1 is {one_is(scores)}.",
         "",
         "| algorithm | tasks | runs | normalised IQM [95% CI] | "
         f"{_poi_header(reference, others_improve)} |",
@@ -550,8 +558,7 @@ def plot_profiles(
         color = f"C{index % 10}"
         ax.plot(taus, fraction, color=color, label=f"{algo} ({len(tasks)} tasks)")
         ax.fill_between(taus, low, high, color=color, alpha=0.2)
-    normalised_to = one_is(task for task, _ in scores if task in NORMALISATION)
-    ax.set_xlabel(f"normalised score tau (0: random policy, 1: {normalised_to})")
+    ax.set_xlabel(f"normalised score tau (0: random policy, 1: {one_is(scores)})")
     ax.set_ylabel("fraction of runs with score > tau")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
