@@ -130,10 +130,11 @@ class Variant:
     """One (algorithm, precision) of the recipe, built from its config."""
 
     def __init__(self, algo: str, precision: str, code: str, args) -> None:
+        from torchrl.trainers import DefaultOptimizationStepper
+
         import atari_builders
         import gem_atari
         from interaction import make_atari_env
-        from torchrl.trainers import DefaultOptimizationStepper
 
         self.name = f"{algo}-{precision}" + ("" if code == "now" else f"-{code}")
         overrides = [

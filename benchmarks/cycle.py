@@ -239,7 +239,6 @@ def recipe_worker(variant: Variant, args: argparse.Namespace, channel: Channel):
     root = Path(args.root).resolve()
     sys.path[:0] = [str(root), str(root / "recipes")]
     import gem_mujoco
-
     import torchrl_gem
 
     package = Path(torchrl_gem.__file__).resolve()

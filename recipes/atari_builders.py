@@ -10,8 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from config import compile_enabled, network_precision
-from interaction import PIXELS
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase, TensorDictSequential
@@ -25,6 +23,8 @@ from torchrl.trainers import (
     TrainerHookBase,
 )
 
+from config import compile_enabled, network_precision
+from interaction import PIXELS
 from torchrl_gem import GEMDQNLoss, make_gem_dqn_policy, make_nature_cnn_qnet
 from torchrl_gem.compiling import CompiledCall
 from torchrl_gem.frames import FrameEpisodicMemory

@@ -18,6 +18,9 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
 from config import (
     CheckpointConfig,
     Choice,
@@ -34,8 +37,6 @@ from config import (
     non_negative,
     positive,
 )
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
 
 ATARI_DIR = Path(__file__).resolve().parent / "atari"  # gem_atari.yaml, algo/
 ATARI_CONFIG = "gem_atari"  # the primary config file, recipes/atari/gem_atari.yaml

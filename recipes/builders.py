@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from config import compile_enabled, network_precision
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
@@ -26,6 +25,7 @@ from torchrl.data import (
 from torchrl.modules import AdditiveGaussianModule, ProbabilisticActor, TanhNormal
 from torchrl.objectives import DDPGLoss, SACLoss, SoftUpdate, TD3Loss
 
+from config import compile_enabled, network_precision
 from torchrl_gem import (
     EpisodicMemory,
     GEMLoss,

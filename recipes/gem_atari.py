@@ -31,6 +31,9 @@ import time
 from typing import Any
 
 import hydra
+from omegaconf import DictConfig
+from torchrl.trainers import ReplayBufferTrainer, Trainer, UpdateWeights
+
 from atari_builders import (
     EpsilonGreedyEval,
     EpsilonSchedule,
@@ -43,9 +46,6 @@ from atari_config import ATARI_CONFIG, ATARI_DIR, check_atari_config
 from atari_config import load_atari_config as load_config  # noqa: F401 - for tests
 from interaction import make_atari_env, make_collector
 from logs import make_logger
-from omegaconf import DictConfig
-from torchrl.trainers import ReplayBufferTrainer, Trainer, UpdateWeights
-
 from runs import (
     EVAL_SEED_OFFSET,
     finished_summary,

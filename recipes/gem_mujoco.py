@@ -46,6 +46,9 @@ from typing import Any
 
 import hydra
 import torch
+from omegaconf import DictConfig
+from torchrl.trainers import ReplayBufferTrainer, Trainer, UpdateWeights
+
 from builders import (
     STEP_METHODS,
     critic_groups,
@@ -66,9 +69,6 @@ from config import (  # noqa: F401 - ConfigError, check_config: for tests
 from interaction import action_half_range, collector_steps, make_collector, make_env
 from launchers import check_launcher, sweep_threads
 from logs import make_logger
-from omegaconf import DictConfig
-from torchrl.trainers import ReplayBufferTrainer, Trainer, UpdateWeights
-
 from runs import (
     EVAL_SEED_OFFSET,
     finished_summary,

@@ -39,7 +39,6 @@ import os
 from pathlib import Path
 
 import torch
-from config import ConfigError
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from torchrl import timeit
@@ -59,6 +58,8 @@ from torchrl.envs import (
     TransformedEnv,
     UnsqueezeTransform,
 )
+
+from config import ConfigError
 
 HERE = Path(__file__).resolve().parent
 TRAJ_KEY = ("collector", "traj_ids")

@@ -23,10 +23,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from config import plain
 from omegaconf import DictConfig
 from torchrl.record.loggers import TensorboardLogger, get_logger
 from torchrl.record.loggers.wandb import WandbLogger
+
+from config import plain
 
 CSV_EXPERIMENT = "logs"  # the csv backend writes <run_dir>/logs/scalars/<name>.csv
 

@@ -20,11 +20,11 @@ import math
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
+
 from builders import make_networks
 from interaction import action_half_range, make_env
-from omegaconf import OmegaConf
 from plot import read_scalar
-
 from runs import EVAL_SEED_OFFSET
 from torchrl_gem.trainer import EvaluationHook
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from config import ConfigError, plain, resolve_checkpoint_path
 from hydra.core.hydra_config import HydraConfig
-from logs import flat_hparams, wandb_run_id
 from omegaconf import DictConfig, OmegaConf
-from plot import plot_runs
 from torchrl import timeit
 
+from config import ConfigError, plain, resolve_checkpoint_path
+from logs import flat_hparams, wandb_run_id
+from plot import plot_runs
 from torchrl_gem.checkpoint import (
     CheckpointError,
     CheckpointHook,

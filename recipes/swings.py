@@ -26,6 +26,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+
 import stats
 from plot import find_runs, pyplot, read_scalar, save_figure
 

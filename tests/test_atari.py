@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import merge_overrides
 from tensordict import TensorDict
 from torchrl.data import OneHot
+
+from conftest import merge_overrides
 
 pytest.importorskip("ale_py", reason="the atari extra (ale-py) is not installed")
 pytest.importorskip("cv2", reason="the atari extra (opencv) is not installed")
@@ -26,7 +27,6 @@ import atari_config  # noqa: E402
 import gem_atari as recipe  # noqa: E402
 from config import ConfigError  # noqa: E402
 from interaction import PIXELS, make_atari_env, make_collector  # noqa: E402
-
 from torchrl_gem import EpisodicMemory  # noqa: E402
 from torchrl_gem.checkpoint import read_checkpoint  # noqa: E402
 from torchrl_gem.frames import FrameEpisodicMemory  # noqa: E402

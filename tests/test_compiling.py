@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.exc import BackendCompilerFailed
+from torchrl.objectives import TD3Loss
+
 from conftest import (
     SPEC,
     LossHost,
@@ -13,9 +16,6 @@ from conftest import (
     tiny_loss,
     trajectory_batch,
 )
-from torch._dynamo.exc import BackendCompilerFailed
-from torchrl.objectives import TD3Loss
-
 from torchrl_gem import TwinBackPropEstimator, compiling
 from torchrl_gem.compiling import CompiledCall
 from torchrl_gem.trainer import DelayedActorStepper
@@ -110,7 +110,6 @@ def test_compiled_frame_refresh_equals_eager():
     """GEM-DQN's refresh (discrete mode, Nature CNNs on rebuilt frame stacks) with
     the target pass compiled, against eager, in bf16 as the Atari recipe runs it."""
     from test_atari import synthetic_batches
-
     from torchrl_gem import GEMDQNLoss, make_nature_cnn_qnet
     from torchrl_gem.frames import FrameEpisodicMemory
 
@@ -145,10 +144,10 @@ def test_compiled_frame_refresh_equals_eager():
 def test_compiled_atari_gradient_steps_equal_eager(precision, monkeypatch):
     """The Atari recipe's stepper with GEM-DQN's loss compiled (``optim.compile``,
     on for gem) against eager: the losses of three steps and every weight after."""
-    import atari_builders
-    from test_atari import config, stacked_batch
     from torchrl.data import OneHot
 
+    import atari_builders
+    from test_atari import config, stacked_batch
     from torchrl_gem import precision as precision_module
 
     monkeypatch.setattr(precision_module, "bf16_is_fast", lambda device: True)

@@ -24,8 +24,9 @@ import torch
 pytest.importorskip("hydra")
 pytest.importorskip("gymnasium")
 
-import config as recipe_config  # noqa: E402  (recipes/ is on pytest's pythonpath)
 from omegaconf import OmegaConf  # noqa: E402
+
+import config as recipe_config  # noqa: E402  (recipes/ is on pytest's pythonpath)
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 ConfigError = recipe_config.ConfigError

@@ -4,16 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import (
-    ACT,
-    OBS,
-    SPEC,
-    constant_value_estimator,
-    tiny_actor,
-    tiny_critics,
-    tiny_loss,
-    trajectory_batch,
-)
 from tensordict import TensorDict
 from torchrl.data import (
     LazyTensorStorage,
@@ -24,6 +14,16 @@ from torchrl.data import (
 from torchrl.modules import ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, TD3Loss
 
+from conftest import (
+    ACT,
+    OBS,
+    SPEC,
+    constant_value_estimator,
+    tiny_actor,
+    tiny_critics,
+    tiny_loss,
+    trajectory_batch,
+)
 from torchrl_gem import (
     TwinBackPropEstimator,
     TwinBackPropTransform,

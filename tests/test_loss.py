@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SPEC, tiny_actor, tiny_critics, tiny_loss, trajectory_batch
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.modules import ValueOperator
 from torchrl.objectives import SoftUpdate
 
+from conftest import SPEC, tiny_actor, tiny_critics, tiny_loss, trajectory_batch
 from torchrl_gem import GEMEstimators, GEMLoss, TwinBackPropEstimator, asymmetric_l2
 
 

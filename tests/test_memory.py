@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import constant_value_estimator, tiny_loss
 from tensordict import TensorDict
 from torchrl.collectors import Collector
 from torchrl.envs import GymEnv, SerialEnv, StepCounter, TransformedEnv
 
+from conftest import constant_value_estimator, tiny_loss
 from torchrl_gem import EpisodicMemory
 
 

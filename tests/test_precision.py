@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import LossHost, tiny_loss, trajectory_batch
 
+from conftest import LossHost, tiny_loss, trajectory_batch
 from torchrl_gem import TwinBackPropEstimator, precision
 from torchrl_gem.trainer import DelayedActorStepper
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import needs_cpp_compiler, write_run
 from conftest import tiny_mujoco_run as tiny
 
@@ -26,9 +27,6 @@ pytest.importorskip("mujoco")
 pytest.importorskip("hydra")
 pytest.importorskip("matplotlib")
 
-import builders  # noqa: E402 - recipes/ is on pytest's pythonpath
-import gem_mujoco as recipe  # noqa: E402
-import plot  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from torchrl.data import Bounded  # noqa: E402
 from torchrl.envs import Transform  # noqa: E402
@@ -36,6 +34,9 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type  # noqa: E4
 from torchrl.modules import TanhNormal  # noqa: E402
 from torchrl.objectives import DDPGLoss, SACLoss, TD3Loss  # noqa: E402
 
+import builders  # noqa: E402 - recipes/ is on pytest's pythonpath
+import gem_mujoco as recipe  # noqa: E402
+import plot  # noqa: E402
 from torchrl_gem import GEMLoss, compiling, precision  # noqa: E402
 from torchrl_gem.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from torchrl_gem.trainer import EvaluationHook  # noqa: E402

@@ -16,17 +16,18 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import tiny_mujoco_run
 
 pytest.importorskip("mujoco")
 pytest.importorskip("hydra")
 
+from tensordict import TensorDict  # noqa: E402
+
 import config  # noqa: E402
 import gem_mujoco as recipe  # noqa: E402 - recipes/ is on pytest's pythonpath
 import interaction  # noqa: E402
 from config import ConfigError  # noqa: E402
-from tensordict import TensorDict  # noqa: E402
-
 from torchrl_gem.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import write_run
 
 pytest.importorskip("scipy")
@@ -280,6 +281,7 @@ def test_swings_detrend_groups_residuals_from_each_runs_line(tmp_path):
 
 def test_swings_figure_has_a_row_per_logged_quantity(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
+
     import swings
 
     run = _swinging_run(tmp_path)
