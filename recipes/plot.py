@@ -22,7 +22,8 @@ more rows of panels follow, per task: the estimate (solid) beside the return
 gives their final values.
 
 A last table gives the time the runs took per 100k frames, from their ``time/*``
-logs (collection, gradient steps and every trainer hook, which hold the rest).
+logs (collection, gradient steps and every trainer hook, which hold the rest). Tables
+and axes of Atari runs say agent steps: TorchRL's frames there (:func:`step_unit`).
 
 ``--metric`` picks the scalar drawn and scored (``eval_online/return_mean``: the
 online actor of runs that evaluate an average, ``optim.actor_average``).
@@ -54,6 +55,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
 import stats
 from logs import csv_logs, one_row_per_step, read_lines, step_of, write_lines
 
@@ -277,13 +279,20 @@ def training_seconds(run: Path) -> tuple[int, float] | None:
     return (frames, seconds) if frames else None
 
 
+def step_unit(tasks) -> str:
+    """What the logs' frames count: TorchRL's frames are an Atari run's agent steps
+    (4 emulator frames each, frame skip)."""
+    return "agent steps" if all(task.startswith("ALE/") for task in tasks) else "frames"
+
+
 def time_table(runs) -> str:
     """Minutes per 100k frames per (task, algo), mean ± std over the timed runs."""
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for run, key in _group_keys(runs).items():
         groups[key].append(training_seconds(run))
+    unit = step_unit(task for task, _ in groups)
     lines = [
-        "| task | algorithm | runs timed | minutes per 100k frames |",
+        f"| task | algorithm | runs timed | minutes per 100k {unit} |",
         "|---|---|---:|---:|",
     ]
     for (task, algo), timed in sorted(groups.items()):
@@ -315,7 +324,8 @@ def markdown_table(groups: dict, last: int = 5) -> str:
     A single final evaluation is noisy; the mean of the last few is steadier.
     """
     lines = [
-        "| task | algorithm | runs | frames | final return | "
+        f"| task | algorithm | runs | {step_unit(task for task, _ in groups)} | "
+        "final return | "
         f"mean of last {last} | best |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
@@ -639,13 +649,12 @@ def plot_groups(
         bias_ax.axhline(0.0, color="black", linewidth=0.8)
         bias_ax.set_title(f"{task}: overestimation")
         bias_ax.set_ylabel(AXIS_LABELS[Q_BIAS])
-    # TorchRL's frames are an Atari run's agent steps (frame skip 4)
-    atari = all(task.startswith("ALE/") for task in tasks)
+    unit = step_unit(tasks)
     for ax in axes.flat:
         if not ax.has_data():
             ax.axis("off")
             continue
-        ax.set_xlabel("agent steps" if atari else "environment frames")
+        ax.set_xlabel("environment frames" if unit == "frames" else unit)
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 20k, 1M: no overlap
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import run_killed, write_log, write_run
 from conftest import tiny_mujoco_run as tiny
 
@@ -157,8 +158,9 @@ def test_one_row_per_step_keeps_the_later_process(tmp_path):
 
 # ------------------------------------------------------------------- W&B
 def test_wandb_continues_the_run_of_the_checkpoint(tmp_path, monkeypatch):
-    import gem_mujoco
     from torchrl.record.loggers.wandb import WandbLogger
+
+    import gem_mujoco
 
     made = []
 
@@ -221,6 +223,22 @@ def test_plot_times_a_resumed_run_whose_totals_are_consistent(tmp_path):
         table = plot.time_table([run_dir])
     # 240 s for 400 frames: 1000 min per 100k frames, and the run counts as timed
     assert "| Hopper-v5 | gem | 1 of 1 | 1000.0 ± 0.0 |" in table
+
+
+@pytest.mark.parametrize(
+    ("envs", "unit"),
+    [
+        (["ALE/Pong-v5"], "agent steps"),  # TorchRL's frames, at frame skip 4
+        (["Hopper-v5"], "frames"),
+        (["ALE/Pong-v5", "Hopper-v5"], "frames"),  # mixed: no common unit but frames
+    ],
+)
+def test_plot_tables_name_what_frames_count(tmp_path, envs, unit):
+    scalars = {"eval/return_mean": [(0, 1.0), (400, 2.0)], "time/update": [(400, 6.0)]}
+    runs = [write_run(tmp_path, env, "gem", 0, 400, scalars) for env in envs]
+    groups = {(env, "gem"): [[(0, 1.0), (400, 2.0)]] for env in envs}
+    assert f"| runs | {unit} | final return |" in plot.markdown_table(groups)
+    assert f"| minutes per 100k {unit} |" in plot.time_table(runs)
 
 
 def test_plot_clean_rewrites_repeated_steps(tmp_path, capsys):

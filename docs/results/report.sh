@@ -103,8 +103,8 @@ if compgen -G "$results/atari/*/*/seed*/run_info.json" >/dev/null; then
   {
     generated
     echo
-    echo "Frames in these tables are agent steps (4 emulator frames each); scores are raw"
-    echo "game scores, a run's score the mean of its last five evaluations."
+    echo "An agent step is 4 emulator frames (frame skip); scores are raw game scores, a"
+    echo "run's score the mean of its last five evaluations."
     echo
     python recipes/plot.py "$results/atari" --stats gem --out "$results/atari.png"
   } >"$results/atari.md"
