@@ -323,10 +323,10 @@ def markdown_table(groups: dict, last: int = 5) -> str:
 
     A single final evaluation is noisy; the mean of the last few is steadier.
     """
+    unit = step_unit(task for task, _ in groups)
     lines = [
-        f"| task | algorithm | runs | {step_unit(task for task, _ in groups)} | "
-        "final return | "
-        f"mean of last {last} | best |",
+        f"| task | algorithm | runs | {unit} | final return "
+        f"| mean of last {last} | best |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for (task, algo), curves in groups.items():
