@@ -232,7 +232,8 @@ def _scan(
     For ``n >= 2`` the candidates obey ``G^k_t(n) = r_t + gamma G^k_{t+1}(n - 1)``, a
     monotone map, so the best candidate at ``t`` is either ``n = 1`` or one step
     before the best candidate at ``t + 1``. The carry holds, per selecting estimator
-    k, ``(best value of k, value of the other estimator on that same horizon)``.
+    k, ``(best value of k, value of the other estimator on that same horizon)``, the
+    latter only with ``cross_evaluation``.
     Ties go to the shorter horizon, as ``argmax`` does.
 
     ``tail`` (or ``None``) marks the ends after which the zero-tail candidate is
@@ -281,7 +282,10 @@ def _scan(
         # n = 1 wins ties (b >= best continuation); a -inf continuation always loses.
         take_one_step = bootstraps[t] >= best
         best = rewards[t] + gamma * xp.maximum(bootstraps[t], best)
-        evaluated = rewards[t] + gamma * xp.where(take_one_step, others[t], evaluated)
+        if cross_evaluation:  # the other estimator's value on that horizon
+            evaluated = rewards[t] + gamma * xp.where(
+                take_one_step, others[t], evaluated
+            )
         outputs.append(evaluated if cross_evaluation else best)
         if track_horizon:
             horizon = xp.where(take_one_step, 1.0, horizon + 1.0)
