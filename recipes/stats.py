@@ -138,7 +138,8 @@ def normalise(scores: np.ndarray, random: float, reference: float) -> np.ndarray
 def drawdown(frames: Sequence[int], values: Sequence[float], start: int) -> float:
     """The stability figure: over the evaluations at or after ``start``, the mean
     drop below the run's best evaluation so far, as a fraction of that best (0: it
-    never fell back; 0.5: on average half of its best lost).
+    never fell back; 0.5: on average half of its best lost). An evaluation whose
+    best so far is at or below 0 counts 0: a fraction of it means nothing.
 
     Examples:
         >>> drawdown([0, 10, 20, 30], [50.0, 100.0, 40.0, 100.0], start=20)

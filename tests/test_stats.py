@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,16 @@ def test_bootstrap_is_reproducible_by_seed():
     again = stats.stratified_bootstrap(tasks, stats.aggregate_iqm, reps=100, seed=3)
     assert first == again
     assert list(itertools.islice(first, 1)) == [stats.aggregate_iqm(tasks)]
+
+
+def test_drawdown_by_hand():
+    # from 30 on: best 100 -> (100 - 40) / 100, then back at the best -> 0
+    assert stats.drawdown([0, 10, 20, 30, 40], [50, 100, 70, 40, 100], 30) == 0.3
+    # a best so far at or below 0 counts no drop (a fraction of it means nothing);
+    # then the best is 20: (20 - 20) / 20, (20 - 5) / 20
+    frames, values = [0, 10, 20, 30], [-50.0, -80.0, 20.0, 5.0]
+    assert stats.drawdown(frames, values, 0) == pytest.approx((0 + 0 + 0 + 0.75) / 4)
+    assert math.isnan(stats.drawdown([0, 10], [1.0, 2.0], 20))  # nothing evaluated
 
 
 def test_plot_stats_table_by_hand():
