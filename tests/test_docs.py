@@ -1,9 +1,13 @@
 """Every public class and function of ``torchrl_gem`` carries runnable ``Examples:``
-(pytest's ``--doctest-modules`` runs them)."""
+(pytest's ``--doctest-modules`` runs them), and the Markdown pages' relative links
+reach their files and headings."""
 
 from __future__ import annotations
 
 import inspect
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +25,52 @@ PUBLIC = [
 def test_public_name_has_examples(name):
     doc = inspect.getdoc(getattr(torchrl_gem, name)) or ""
     assert "Examples:" in doc and ">>> " in doc, f"{name} has no runnable Examples"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE_BLOCK = re.compile(r"^```.*?^```", re.S | re.M)
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    text = CODE_BLOCK.sub("", page.read_text())
+    return {
+        heading_anchor(line.lstrip("#"))
+        for line in text.splitlines()
+        if line.startswith("#")
+    }
+
+
+def test_heading_anchor_by_hand():
+    assert heading_anchor(" Atari: GEM-DQN against DQN (3 seeds)") == (
+        "atari-gem-dqn-against-dqn-3-seeds"
+    )
+
+
+def markdown_pages() -> list[Path]:
+    listed = subprocess.run(
+        ["git", "ls-files", "*.md"], cwd=ROOT, capture_output=True, text=True
+    )
+    if listed.returncode:
+        pytest.skip("not a git checkout: the pages are the tracked *.md files")
+    return [ROOT / name for name in listed.stdout.split()]
+
+
+def test_relative_links_reach_their_file_and_heading():
+    broken = []
+    for page in markdown_pages():
+        for target in LINK.findall(CODE_BLOCK.sub("", page.read_text())):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path) if path else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert not broken, "broken links:\n" + "\n".join(broken)
