@@ -286,7 +286,9 @@ def _scan(
             evaluated = rewards[t] + gamma * xp.where(
                 take_one_step, others[t], evaluated
             )
-        outputs.append(evaluated if cross_evaluation else best)
+            outputs.append(evaluated)
+        else:
+            outputs.append(best)
         if track_horizon:
             horizon = xp.where(take_one_step, 1.0, horizon + 1.0)
             horizons.append(horizon)
