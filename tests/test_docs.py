@@ -4,6 +4,7 @@ reach their files and headings."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import subprocess
@@ -37,6 +38,7 @@ def heading_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@functools.cache  # a page is linked many times
 def anchors(page: Path) -> set[str]:
     text = CODE_BLOCK.sub("", page.read_text())
     return {
