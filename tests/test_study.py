@@ -15,7 +15,7 @@ pytest.importorskip("gymnasium")
 import config as recipe_config  # noqa: E402  (recipes/ is on pytest's pythonpath)
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("1", "2", "3", "4", "stable", "stable5", "atari")
+PARTS = ("1", "2", "3", "4", "stable", "stable5", "atari", "1m")
 
 
 def queued_commands(*parts: str) -> list[list[str]]:

@@ -10,6 +10,7 @@
 #   bash docs/results/run_study.sh atari      # the Atari comparison
 #   bash docs/results/run_study.sh stable     # stable-GEM screening on Hopper
 #   bash docs/results/run_study.sh stable5    # its best to 5 seeds, both tasks
+#   bash docs/results/run_study.sh 1m         # gem and td3 at the paper's 1M frames
 #   bash docs/results/run_study.sh --list 3   # print part 3's commands, run nothing
 # SLOTS=N sets the queue width; STOP_AT=HH:MM starts no run after the next time the
 # clock reads HH:MM, past midnight too (a session's end: a run killed there loses the
@@ -24,6 +25,17 @@ mujoco=(
   checkpoint.interval=10000 checkpoint.resume=auto logger.progress_bar=false
   logger.snapshots=true  # actors kept (not committed) for recipes/reevaluate.py
 )
+# MuJoCo at the paper's budget (the recipe's defaults, spelled out so that a later
+# default cannot change the study): 1M frames, 25k random warm-up (the released
+# learning_starts), a 100k memory, an evaluation every 10k frames of 10 episodes; a
+# checkpoint every 20k frames (a stop costs at most ~10 min of gem), as a run
+# outlasts a 3-hour working stretch
+mujoco_1m=(
+  collector.total_frames=1000000 collector.init_random_frames=25000
+  memory.capacity=100000 logger.eval_interval=10000 logger.eval_episodes=10
+  optim.num_threads=1 checkpoint.interval=20000 checkpoint.resume=auto
+  logger.progress_bar=false
+)
 # Atari: 200k agent steps, the released schedule scaled to them (epsilon annealed over
 # the first 40%; a target copy and full refresh every 625 gradient steps: 15 in the
 # run's 9,925, as the released 8,000 fit 15.6 times in the paper's 10M frames), an
@@ -35,9 +47,9 @@ atari=(
   checkpoint.interval=10000 checkpoint.resume=auto logger.progress_bar=false
 )
 
-# One line per run: "<task> <algo> <seed> [@label] [extra overrides...]"; an ALE/ task
-# runs the Atari recipe; a labelled run (a variant of algo) goes to
-# stable/<task>/<label>. Precision: part 1's Hopper and Walker2d runs are fp32 (begun
+# One line per run: "[1m] <task> <algo> <seed> [@label] [extra overrides...]"; an ALE/
+# task runs the Atari recipe; a labelled run (a variant of algo) goes to
+# stable/<task>/<label>; a line headed 1m runs the 1M-frame budget into runs_1m/. Precision: part 1's Hopper and Walker2d runs are fp32 (begun
 # before bf16 became the recipe's default); every other MuJoCo run takes the recipe's
 # default (bf16, compiled where it applies). Every Atari run is bf16 (the same for
 # the three algorithms; benchmarks/atari_parity.py checks it on the first trained
@@ -78,6 +90,10 @@ part() {
     for task in Walker2d-v5 Hopper-v5; do for seed in 0 1 2 3 4; do
       echo "$task gem $seed @actor_average0.95 optim.actor_average=0.95"
     done; done ;;
+  1m)  # gem against td3 at 1M frames, seeds 0-2: HalfCheetah's seed 0 first, then
+    # its seeds 1-2, then Ant (the recipe's defaults otherwise: bf16, compiled gem)
+    for task in HalfCheetah-v5 Ant-v5; do for seed in 0 1 2; do for algo in gem td3; do
+      echo "1m $task $algo $seed"; done; done; done ;;
   atari)  # GEM-DQN against DQN and DDQN on two of the paper's games, seeds 0-2
     for seed in 0 1 2; do for task in ALE/MsPacman-v5 ALE/Frostbite-v5; do
       for algo in gem dqn ddqn; do echo "$task $algo $seed optim.precision=bf16"
@@ -91,14 +107,18 @@ finished() {  # $1: run dir, $2: its budget; true when its evaluation log reache
 }
 
 run_one() {  # one queue line
-  read -r task algo seed extra <<<"$1"
-  local recipe=gem_mujoco dir=docs/results/runs/$task/$algo/seed$seed frames=100000
+  local line=$1 runs=runs frames=100000 prefix=""
   local -a budget=("${mujoco[@]}")
+  if [[ $line == "1m "* ]]; then
+    line=${line#1m } runs=runs_1m frames=1000000 prefix=1m_ budget=("${mujoco_1m[@]}")
+  fi
+  read -r task algo seed extra <<<"$line"
+  local recipe=gem_mujoco dir=docs/results/$runs/$task/$algo/seed$seed
   if [[ $task == ALE/* ]]; then
     recipe=gem_atari dir=docs/results/atari/${task#ALE/}/$algo/seed$seed frames=200000
     budget=("${atari[@]}")
   fi
-  local name=${task#ALE/}_${algo}_seed$seed
+  local name=$prefix${task#ALE/}_${algo}_seed$seed
   if [[ $extra == @* ]]; then
     local label=${extra%% *}
     label=${label#@} extra=${extra#"@$label"}
