@@ -131,6 +131,27 @@ def test_vmap_equals_loop():
         torch.testing.assert_close(looped(data.clone())[key], loss(data.clone())[key])
 
 
+@pytest.mark.parametrize("deactivate_vmap", [False, True])
+def test_an_unbatched_transition_is_a_batch_of_one(deactivate_vmap):
+    # batch_size=[] as TD3Loss accepts it: the same losses as the batch of one, and
+    # outputs without its batch dimension ([K] values, [2] targets)
+    loss = tiny_loss(deactivate_vmap=deactivate_vmap)
+    single = batch(n=1)
+    transition = single[0]
+    assert transition.batch_size == torch.Size([])
+    for method in (loss.actor_loss, loss.value_loss):
+        value, metadata = method(transition.clone())
+        value_of_one, metadata_of_one = method(single.clone())
+        torch.testing.assert_close(value, value_of_one)
+        for key, of_one in metadata_of_one.items():
+            # [K, *B] critic values, [*B, 2] targets, [*B] errors
+            batch_dim = 1 if key in ("pred_value", "state_action_value_actor") else 0
+            torch.testing.assert_close(metadata[key], of_one.squeeze(batch_dim))
+    out = loss(transition.clone())
+    assert out["loss_qvalue"].shape == torch.Size([])
+    assert out["pred_value"].shape == (loss.num_qvalue_nets,)
+
+
 def test_asymmetric_weights():
     # the critic overestimates by 1: weight 1 / alpha = 2; underestimates: alpha = 0.5
     assert asymmetric_l2(torch.tensor(1.0), torch.tensor(0.0), 0.5) == 2.0

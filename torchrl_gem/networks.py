@@ -87,7 +87,9 @@ class GEMCritic(nn.Module):
         :meth:`forward` up to float rounding.
         """
         batch = observation.shape[:-1]
-        state_action = torch.cat([observation, action], -1).flatten(0, -2)
+        # [n, in]; reshape, not flatten, so that an unbatched transition is n = 1
+        state_action = torch.cat([observation, action], -1)
+        state_action = state_action.reshape(-1, self.first.in_features)
         num_critics = params["first", "weight"].shape[0]
         # the critics share their input: one [n, in] matrix seen K times (no copy)
         shared = state_action.expand(num_critics, *state_action.shape)
