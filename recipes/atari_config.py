@@ -169,8 +169,10 @@ class AtariOptimConfig:
     gamma: float = bounded(0.99, low=0.0, high=1.0)
     # global gradient-norm clip; null = none (released: none)
     max_grad_norm: float | None = positive(None)
-    # torch CPU threads for updates and refreshes; null = all cores of this process
-    num_threads: int | None = positive(None)
+    # torch CPU threads for updates and refreshes; 1 holds beside other work (a 2nd
+    # gains <= 1.4x idle, loses 9x under load: benchmarks/threads.py); null = all
+    # cores of this process
+    num_threads: int | None = positive(1)
     # fp32 | bf16: bf16 autocast for the gradient steps and the refresh (acting
     # stays fp32), fp32 weights and Adam (parity on a trained run: README); fp32
     # (logged) where bf16 is not fast

@@ -337,9 +337,10 @@ class OptimConfig:
     policy_noise: float = bounded(0.2, low=0.0)
     # clip of the target smoothing noise, normalised action units
     noise_clip: float = bounded(0.5, low=0.0)
-    # torch CPU threads for updates and refreshes; null = all cores of this process
-    # (in a joblib sweep: cores // hydra.launcher.n_jobs)
-    num_threads: int | None = positive(None)
+    # torch CPU threads for updates and refreshes; 1 holds beside other work (a 2nd
+    # gains <= 1.5x idle, loses 7-50x under load: benchmarks/threads.py); null = all
+    # cores of this process (in a joblib sweep: cores // hydra.launcher.n_jobs)
+    num_threads: int | None = positive(1)
     # network passes (gradient steps, refresh) in bf16 autocast, fp32 master weights
     # (learning parity: docs/results/README.md); fp32 (logged) where bf16 is not fast
     precision: Precision = Precision.bf16

@@ -34,8 +34,10 @@ EVAL_SEED_OFFSET = 10_000  # evaluation episodes use their own seed stream
 
 
 def seed_everything(seed: int, num_threads: int | None) -> None:
-    """Torch threads, then torch, NumPy and Python seeds; the timers start at zero."""
+    """Torch threads (printed), then torch, NumPy and Python seeds; the timers start
+    at zero."""
     torch.set_num_threads(num_threads or len(os.sched_getaffinity(0)))
+    print(f"torch threads: {torch.get_num_threads()} (optim.num_threads)")
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)

@@ -127,7 +127,7 @@ OLD_SECTIONS = {
         "policy_delay": 2,
         "policy_noise": 0.2,
         "noise_clip": 0.5,
-        "num_threads": None,
+        "num_threads": 1,  # beside other work (benchmarks/threads.py)
         "precision": "bf16",  # the default since the learning-parity check
         "compile": None,
         "critic_max_grad_norm": None,

@@ -128,6 +128,24 @@ def test_compile_defaults_to_gem_losses(tmp_path, algo, setting, expected):
     assert recipe.compile_enabled(cfg) is expected
 
 
+@pytest.mark.parametrize("recipe_module", ["gem_mujoco", "gem_atari"])
+def test_one_torch_thread_by_default_and_printed_at_the_start(recipe_module, capsys):
+    import importlib
+
+    import runs
+
+    if recipe_module == "gem_atari":
+        pytest.importorskip("ale_py")
+    module = importlib.import_module(recipe_module)
+    assert module.load_config([]).optim.num_threads == 1  # benchmarks/threads.py
+    runs.seed_everything(0, None)  # null: every core of this process
+    cores = len(os.sched_getaffinity(0))
+    assert f"torch threads: {cores} " in capsys.readouterr().out
+    runs.seed_everything(0, 1)
+    assert torch.get_num_threads() == 1
+    assert "torch threads: 1 " in capsys.readouterr().out
+
+
 def test_smoke_covers_every_preset():
     assert set(ALGOS) == {path.stem for path in (ROOT / "recipes" / "algo").iterdir()}
 
