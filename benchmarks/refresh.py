@@ -21,7 +21,10 @@ Builds a memory of 100 episodes x 1000 steps (HalfCheetah-sized: 17-d observatio
    speed-up over fp32 eager.
 
 Run: ``python benchmarks/refresh.py`` (``--episodes`` and ``--steps`` resize parts
-1-5, ``--sizes`` part 6; ``--threads`` sets torch's threads).
+1-5, ``--sizes`` part 6, ``--compiled no`` leaves out its compiled rows; ``--threads``
+sets torch's threads). ``--device cuda`` puts the scan of part 1, the networks and
+the memories on the GPU (the reference stays NumPy on the CPU); timings then wait for
+the GPU's work (``torch.cuda.synchronize``).
 """
 
 from __future__ import annotations
@@ -86,22 +89,33 @@ def reference_episode(values: np.ndarray, rewards: np.ndarray, terminal: bool):
     return out
 
 
+DEVICE = torch.device("cpu")  # --device: the scan, the networks, the memories
+
+
 def timed(fn, repeat: int) -> tuple[float, object]:
-    """Median wall-clock of ``repeat`` calls (after one warm-up call)."""
+    """Median wall-clock of ``repeat`` calls (after one warm-up call), each until
+    its work on ``DEVICE`` has run."""
     result = fn()
     times = []
     for _ in range(repeat):
+        synchronize()
         start = time.perf_counter()
         result = fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return float(np.median(times)), result
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def build_memory(
     episodes: int, steps: int, generator: torch.Generator
 ) -> EpisodicMemory:
     total = episodes * steps
-    memory = EpisodicMemory(capacity=total)
+    memory = EpisodicMemory(capacity=total, device=DEVICE)
     done = torch.zeros(episodes, steps, 1, dtype=torch.bool)
     done[:, -1] = True
     terminated = done & (torch.rand(episodes, 1, 1, generator=generator) < 0.5)
@@ -133,17 +147,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000, 1_000_000])
+    parser.add_argument(
+        "--updates", type=int, default=200, help="part 4's gradient steps (GEM's: 200)"
+    )
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", type=torch.device, default="cpu", help="cpu, cuda")
+    parser.add_argument(
+        "--compiled", choices=["both", "no"], default="both", help="part 6's rows"
+    )
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     episodes, steps = args.episodes, args.steps
+    gpu = ""
+    if DEVICE.type == "cuda":
+        gpu = f", on {torch.cuda.get_device_name(DEVICE)} (torch {torch.__version__})"
     print(
         f"memory: {episodes} episodes x {steps} steps = {episodes * steps} "
         f"transitions, obs {OBS_DIM}, action {ACT_DIM}, torch threads "
-        f"{torch.get_num_threads()}"
+        f"{torch.get_num_threads()}, device {DEVICE}{gpu}"
     )
 
     # 1-3: the scan against the reference algorithm, same inputs
@@ -152,7 +178,10 @@ def main() -> None:
     done = torch.zeros(episodes, steps, 1, dtype=torch.bool)
     done[:, -1] = True
     terminated = done & (torch.rand(episodes, 1, 1, generator=generator) < 0.5)
-    flat = [x.reshape(-1, x.shape[-1]) for x in (values, rewards, done, terminated)]
+    flat = [
+        x.reshape(-1, x.shape[-1]).to(DEVICE)
+        for x in (values, rewards, done, terminated)
+    ]
     scan_time, scan = timed(lambda: twin_backprop_return(GAMMA, *flat), args.repeat)
     values_np, rewards_np = values.numpy(), rewards.squeeze(-1).numpy()
     terminal_np = terminated[:, -1, 0].numpy()
@@ -166,7 +195,7 @@ def main() -> None:
         )
 
     reference_time, reference_out = timed(reference, max(1, args.repeat // 2))
-    difference = np.abs(scan.numpy() - reference_out).max()
+    difference = np.abs(scan.cpu().numpy() - reference_out).max()
     print(f"scan (O(T), all episodes at once): {scan_time * 1e3:9.1f} ms")
     print(f"reference (O(T^2) per episode):    {reference_time * 1e3:9.1f} ms")
     print(
@@ -174,13 +203,13 @@ def main() -> None:
         f"   (max |difference| {difference:.2e})"
     )
 
-    # 4: a full refresh against 200 gradient steps
+    # 4: a full refresh against the gradient steps that follow it (--updates)
     spec = Bounded(-1.0, 1.0, shape=(ACT_DIM,))
     loss = GEMLoss(
         make_gem_actor(OBS_DIM, spec),
         make_gem_critics(OBS_DIM, ACT_DIM),
         action_spec=spec,
-    )
+    ).to(DEVICE)
     estimator = loss.make_value_estimator(gamma=GAMMA).value_estimator
     memory = build_memory(episodes, steps, generator)
     refresh_time, _ = timed(lambda: memory.refresh(estimator), args.repeat)
@@ -188,8 +217,8 @@ def main() -> None:
     actor_optim = torch.optim.Adam(loss.actor_network_params.values(True, True), 3e-4)
     critic_optim = torch.optim.Adam(loss.qvalue_network_params.values(True, True), 3e-4)
 
-    def gradient_steps(count: int = 200) -> None:
-        for step in range(count):
+    def gradient_steps() -> None:
+        for step in range(args.updates):
             batch = memory.sample(128)
             critic_loss, _ = loss.value_loss(batch)
             critic_optim.zero_grad()
@@ -203,12 +232,14 @@ def main() -> None:
 
     update_time, _ = timed(gradient_steps, max(1, args.repeat // 2))
     print(f"full refresh (networks + scan):    {refresh_time * 1e3:9.1f} ms")
-    print(f"200 GEMLoss gradient steps:        {update_time * 1e3:9.1f} ms")
+    print(
+        f"{args.updates:>3} GEMLoss gradient steps:        {update_time * 1e3:9.1f} ms"
+    )
     print(f"refresh / gradient steps:          {refresh_time / update_time:9.2f}")
 
     # 5: the guards a refresh runs: rewards twice (estimator, scan), values twice
     # (network outputs, scan), over every stored transition
-    float_rewards, float_values = rewards.float(), values.float()
+    float_rewards, float_values = rewards.float().to(DEVICE), values.float().to(DEVICE)
 
     def guards() -> None:
         for _ in range(2):
@@ -251,7 +282,7 @@ def main() -> None:
         scaled = build_memory(size // steps, steps, generator)
         times = {}
         for mode in ("fp32", "bf16"):
-            for compiled in (False, True):
+            for compiled in (False, True) if args.compiled == "both" else (False,):
                 estimator = TwinBackPropEstimator.for_loss(
                     loss, gamma=GAMMA, precision=mode, compile=compiled
                 )
@@ -272,8 +303,9 @@ def main() -> None:
 
 def matmul_limit(mode: str, repeat: int = 10) -> float:
     """GFLOP/s of a [4096 x 406] @ [406 x 300] matmul, fp32 or under bf16 autocast."""
-    a, b = torch.randn(4096, 406), torch.randn(406, 300)
-    with autocast(mode):
+    a = torch.randn(4096, 406, device=DEVICE)
+    b = torch.randn(406, 300, device=DEVICE)
+    with autocast(mode, DEVICE):
         seconds, _ = timed(lambda: a @ b, repeat)
     return 2 * 4096 * 406 * 300 / seconds / 1e9
 

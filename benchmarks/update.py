@@ -25,14 +25,16 @@ extend: append a ``Variant``):
    ``optim.compile``), compiled during the warm-up updates; checked against the
    same references.
 
-Settings: torch threads (``torch.set_num_threads``) and precision: ``fp32``, or
-``bf16`` = ``torch.autocast("cpu", dtype=torch.bfloat16)`` around the forward and loss
-computations (backward outside it; master weights and Adam in fp32). Batch 128,
-HalfCheetah-sized (observation 17, action 6 in [-1, 1]).
+Settings: the device (``--device``: ``cpu``, or ``cuda`` with the batches, networks
+and optimisers on the GPU), torch threads (``torch.set_num_threads``) and precision:
+``fp32``, or ``bf16`` = ``torch.autocast(<device>, dtype=torch.bfloat16)`` around the
+forward and loss computations (backward outside it; master weights and Adam in fp32).
+Batch 128, HalfCheetah-sized (observation 17, action 6 in [-1, 1]).
 
 Timing: all variants of a setting (and the matmul below) are built in one process and
 timed interleaved, round-robin (the order rotates every round), ``--steps`` updates per
-round after ``--warmup`` updates. updates/s is the median over rounds, its spread the
+round after ``--warmup`` updates (on a GPU, each round ends when its work has run:
+``torch.cuda.synchronize``). updates/s is the median over rounds, its spread the
 (max - min) / median over rounds; ``vs ref`` is the median over rounds of the ratio
 of a variant's updates/s to its reference's in the same round (< 1: slower than the
 reference).
@@ -62,7 +64,8 @@ and both again after two updates (one critic step, one critic + actor step), to
 1e-4 relative (TD3 with smoothing noise 0, its only randomness).
 
 Run: ``python benchmarks/update.py`` (about 2 minutes on 2 cores); narrow it with
-``--threads 1 --precision fp32 --sizes 256x256 --repeat 3 --steps 20``.
+``--threads 1 --precision fp32 --sizes 256x256 --repeat 3 --steps 20``; on a GPU,
+``--device cuda``.
 """
 
 from __future__ import annotations
@@ -108,9 +111,11 @@ class Pool:
 
     tds: list[TensorDict]
     tensors: list[tuple[Tensor, ...]]  # obs, action, memory_return, next_obs, r, term
+    device: torch.device  # of the batches, and of every network built on them
 
 
-def make_pool(batch: int, generator: torch.Generator) -> Pool:
+def make_pool(batch: int, generator: torch.Generator, device: torch.device) -> Pool:
+    """The same numbers on every device: drawn on the CPU, then moved."""
     tds, tensors = [], []
     for _ in range(POOL):
         obs = torch.randn(batch, OBS_DIM, generator=generator)
@@ -132,21 +137,26 @@ def make_pool(batch: int, generator: torch.Generator) -> Pool:
             ),
             batch_size=[batch],
         )
-        tds.append(td)
-        tensors.append((obs, action, memory_return, next_obs, reward, terminated))
-    return Pool(tds, tensors)
+        tds.append(td.to(device))
+        tensors.append(
+            tuple(
+                x.to(device)
+                for x in (obs, action, memory_return, next_obs, reward, terminated)
+            )
+        )
+    return Pool(tds, tensors, device)
 
 
 # ------------------------------------------------------------------- networks
-def gem_networks(sizes: tuple[int, ...]):
+def gem_networks(sizes: tuple[int, ...], device: torch.device):
     """GEM's LayerNorm actor and 4 critics, the same weights on every call."""
     torch.manual_seed(SEED)
     actor = make_gem_actor(OBS_DIM, SPEC, hidden_sizes=sizes)
     critics = make_gem_critics(OBS_DIM, ACT_DIM, hidden_sizes=sizes)
-    return actor, critics
+    return actor.to(device), [critic.to(device) for critic in critics]
 
 
-def td3_networks(sizes: tuple[int, ...]):
+def td3_networks(sizes: tuple[int, ...], device: torch.device):
     """TD3's plain-MLP actor and 2 critics, the same weights on every call."""
     torch.manual_seed(SEED + 1)
     actor = make_gem_actor(OBS_DIM, SPEC, hidden_sizes=sizes, layer_norm=False)
@@ -158,7 +168,7 @@ def td3_networks(sizes: tuple[int, ...]):
         layer_norm=False,
         reinject_action=False,
     )
-    return actor, critics
+    return actor.to(device), [critic.to(device) for critic in critics]
 
 
 def _linears_and_norms(sequential: nn.Module) -> list[tuple[nn.Linear, nn.Module]]:
@@ -326,7 +336,8 @@ class Update:
         self.pool, self.bf16, self.calls = pool, bf16, 0
 
     def autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+        device = self.pool.device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.bf16)
 
     def __call__(self) -> None:
         index = self.calls % POOL
@@ -351,8 +362,8 @@ class Update:
 class GEMLossUpdate(Update):
     def __init__(self, sizes, pool, bf16, policy_noise=POLICY_NOISE) -> None:
         super().__init__(pool, bf16)
-        actor, critics = gem_networks(sizes)
-        self.loss = GEMLoss(actor, critics, action_spec=SPEC)
+        actor, critics = gem_networks(sizes, pool.device)
+        self.loss = GEMLoss(actor, critics, action_spec=SPEC).to(pool.device)
         self.critic_optim = fused_adam(
             self.loss.qvalue_network_params.values(True, True)
         )
@@ -388,7 +399,7 @@ class _AutogradLinear:
 class PlainGEMUpdate(Update):
     def __init__(self, sizes, pool, bf16, policy_noise=POLICY_NOISE) -> None:
         super().__init__(pool, bf16)
-        actor, critics = gem_networks(sizes)
+        actor, critics = gem_networks(sizes, pool.device)
         self.actor, self.critics = PlainActor(actor), BatchedCritics(critics)
         self.frozen = self.critics.detached()
         self.critic_optim = fused_adam(self.critics.parameters())
@@ -410,7 +421,7 @@ class PlainGEMUpdate(Update):
 class TD3LossUpdate(Update):
     def __init__(self, sizes, pool, bf16, policy_noise=POLICY_NOISE) -> None:
         super().__init__(pool, bf16)
-        actor, critics = td3_networks(sizes)
+        actor, critics = td3_networks(sizes, pool.device)
         self.loss = TD3Loss(
             actor,
             critics,
@@ -418,7 +429,7 @@ class TD3LossUpdate(Update):
             policy_noise=policy_noise,
             noise_clip=NOISE_CLIP,
             loss_function="l2",
-        )
+        ).to(pool.device)  # its action bounds, built on the CPU
         self.loss.make_value_estimator(ValueEstimators.TD0, gamma=GAMMA)
         self.target_update = SoftUpdate(self.loss, tau=TAU)
         self.critic_optim = fused_adam(
@@ -439,7 +450,7 @@ class TD3LossUpdate(Update):
 class PlainTD3Update(Update):
     def __init__(self, sizes, pool, bf16, policy_noise=POLICY_NOISE) -> None:
         super().__init__(pool, bf16)
-        actor, critics = td3_networks(sizes)
+        actor, critics = td3_networks(sizes, pool.device)
         self.policy_noise = policy_noise
         self.actor, self.critics = PlainActor(actor), BatchedCritics(critics)
         self.target_actor, self.target_critics = (
@@ -570,12 +581,19 @@ def check_against_reference(variant, reference, sizes, pool) -> str:
 
 
 # --------------------------------------------------------------------- timing
-def limit_matmul(bf16: bool) -> Callable[[], None]:
+def limit_matmul(bf16: bool, device: torch.device) -> Callable[[], None]:
     m, k, n = LIMIT_SHAPE
     dtype = torch.bfloat16 if bf16 else torch.float32
-    left, right = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    out = torch.empty(m, n, dtype=dtype)
+    left = torch.randn(m, k, dtype=dtype, device=device)
+    right = torch.randn(k, n, dtype=dtype, device=device)
+    out = torch.empty(m, n, dtype=dtype, device=device)
     return lambda: torch.mm(left, right, out=out)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on a GPU (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def time_setting(threads, precision, sizes_list, variants, pool, args):
@@ -587,7 +605,7 @@ def time_setting(threads, precision, sizes_list, variants, pool, args):
         for variant in variants:
             items[variant.name, sizes] = (variant.build(sizes, pool, bf16), args.steps)
     matmul_steps = max(3, args.steps // 3)
-    items["limit", None] = (limit_matmul(bf16), matmul_steps)
+    items["limit", None] = (limit_matmul(bf16, pool.device), matmul_steps)
     for fn, _ in items.values():
         for _ in range(args.warmup):
             fn()
@@ -598,9 +616,11 @@ def time_setting(threads, precision, sizes_list, variants, pool, args):
         for key in keys[shift:] + keys[:shift]:
             fn, steps = items[key]
             gc.collect()
+            synchronize(pool.device)
             start = time.perf_counter()
             for _ in range(steps):
                 fn()
+            synchronize(pool.device)
             rates[key].append(steps / (time.perf_counter() - start))
     return rates
 
@@ -644,7 +664,7 @@ def _spread(samples) -> float:
     return 100 * (max(samples) - min(samples)) / statistics.median(samples)
 
 
-def machine() -> str:
+def machine(device: torch.device) -> str:
     model, flags = platform.processor() or "unknown", set()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -659,11 +679,17 @@ def machine() -> str:
     wanted = ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
     advertised = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in wanted)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    gpu = ""
+    if device.type == "cuda":
+        gpu = (
+            f"\nGPU: {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), "
+            "batches, networks and optimisers on it"
+        )
     return (
         f"CPU: {model}; {cores} usable cores ({os.cpu_count()} logical); "
         f"{advertised}\ntorch {torch.__version__} (CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}), python "
-        f"{platform.python_version()}"
+        f"{platform.python_version()}{gpu}"
     )
 
 
@@ -694,6 +720,7 @@ def main() -> None:
         help="variant names (a variant's reference is added)",
     )
     parser.add_argument("--batch", type=int, default=BATCH)
+    parser.add_argument("--device", type=torch.device, default="cpu", help="cpu, cuda")
     args = parser.parse_args()
     by_name = {v.name: v for v in VARIANTS}
     unknown = set(args.variants) - set(by_name)
@@ -704,14 +731,14 @@ def main() -> None:
     }
     variants = [v for v in VARIANTS if v.name in names]
 
-    print(machine())
+    print(machine(args.device))
     print(
         f"batch {args.batch}, observation {OBS_DIM}, action {ACT_DIM}; {args.repeat} "
         f"rounds x {args.steps} updates per variant after {args.warmup} warm-up "
         f"updates, interleaved; pool of {POOL} batches"
     )
     generator = torch.Generator().manual_seed(SEED)
-    pool = make_pool(args.batch, generator)
+    pool = make_pool(args.batch, generator, args.device)
 
     torch.set_num_threads(max(args.threads))
     for sizes in args.sizes:

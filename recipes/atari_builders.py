@@ -23,7 +23,7 @@ from torchrl.trainers import (
     TrainerHookBase,
 )
 
-from config import compile_enabled, network_precision
+from config import compile_enabled, config_device, network_precision
 from interaction import PIXELS
 from torchrl_gem import GEMDQNLoss, make_gem_dqn_policy, make_nature_cnn_qnet
 from torchrl_gem.compiling import CompiledCall
@@ -51,12 +51,17 @@ def make_agent(cfg: DictConfig, action_spec) -> tuple[Any, TensorDictModuleBase]
     ``QValueActor`` (``double_dqn`` for DDQN), which also acts. GEM's refresh
     runs in ``optim.precision`` (:func:`network_precision`); acting stays fp32:
     at one state at a time, bf16 measured slower (``benchmarks/atari_speed.py``).
+    Both sit on ``network.device``.
     """
     algo, num_actions = cfg.algo, action_spec.shape[-1]
+    device = config_device(cfg, "network")
     if algo.loss == "gem":
         loss = GEMDQNLoss(
-            [_qnet(cfg, num_actions) for _ in range(algo.num_sub_nets)],
-            [_qnet(cfg, num_actions) for _ in range(GEMDQNLoss.num_meta_nets)],
+            [_qnet(cfg, num_actions).to(device) for _ in range(algo.num_sub_nets)],
+            [
+                _qnet(cfg, num_actions).to(device)
+                for _ in range(GEMDQNLoss.num_meta_nets)
+            ],
             action_space=action_spec,
             loss_function=str(algo.loss_function),
             meta_loss_function=str(algo.meta_loss),
@@ -66,7 +71,7 @@ def make_agent(cfg: DictConfig, action_spec) -> tuple[Any, TensorDictModuleBase]
             # a loop over the six CNNs: 1.7x faster than torch.vmap per gradient
             # step on CPU (batch 32, 1 thread, measured)
             deactivate_vmap=True,
-        )
+        ).to(device)
         loss.make_value_estimator(
             gamma=cfg.optim.gamma,
             value_chunk_size=cfg.memory.value_chunk_size,
@@ -77,7 +82,7 @@ def make_agent(cfg: DictConfig, action_spec) -> tuple[Any, TensorDictModuleBase]
         return loss, make_gem_dqn_policy(loss, spec=action_spec)
     actor = QValueActor(
         _qnet(cfg, num_actions).module, in_keys=[PIXELS], spec=action_spec
-    )
+    ).to(device)
     loss = DQNLoss(
         actor,
         loss_function=str(algo.loss_function),
@@ -85,7 +90,7 @@ def make_agent(cfg: DictConfig, action_spec) -> tuple[Any, TensorDictModuleBase]
         double_dqn=algo.double_dqn,
         action_space=action_spec,
         reduction=str(cfg.optim.loss_reduction),
-    )
+    ).to(device)
     loss.make_value_estimator(gamma=cfg.optim.gamma)
     return loss, actor
 
@@ -133,7 +138,7 @@ def make_stepper(cfg: DictConfig, loss) -> TimedStepper:
         compiled_loss=loss if compile_enabled(cfg) else None,
         mixed_precision=network_precision(cfg) == "bf16",
         clip_norm=cfg.optim.max_grad_norm,
-        device_type="cpu",
+        device_type=config_device(cfg, "network").type,  # where autocast applies
     )
 
 
@@ -151,6 +156,7 @@ def make_memory(cfg: DictConfig) -> FrameEpisodicMemory:
         num_frames=cfg.env.frame_stack,
         sample_unrefreshed=cfg.algo.loss != "gem",
         check_finite=(),
+        device=config_device(cfg, "memory"),
     )
 
 
@@ -203,14 +209,15 @@ class EpsilonGreedyEval(TensorDictModuleBase):
     """The evaluation policy: ``greedy`` with a fixed epsilon (released: 0.05).
 
     Evaluations run under ``ExplorationType.DETERMINISTIC``, where an
-    ``EGreedyModule`` does nothing; this module applies its epsilon regardless.
+    ``EGreedyModule`` does nothing; this module applies its epsilon regardless. Its
+    epsilon sits on ``device``, with ``greedy`` (TorchRL's module refuses actions
+    from another device).
     """
 
-    def __init__(self, greedy, spec, eps: float) -> None:
+    def __init__(self, greedy, spec, eps: float, *, device="cpu") -> None:
         super().__init__()
-        self.policy = TensorDictSequential(
-            greedy, EGreedyModule(spec, eps_init=eps, eps_end=eps)
-        )
+        egreedy = EGreedyModule(spec, eps_init=eps, eps_end=eps).to(device)
+        self.policy = TensorDictSequential(greedy, egreedy)
         self.in_keys, self.out_keys = self.policy.in_keys, self.policy.out_keys
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:

@@ -30,6 +30,7 @@ from config import (
     Precision,
     Storage,
     bounded,
+    check_device,
     check_env_name,
     check_schema,
     check_shared_rules,
@@ -51,6 +52,7 @@ __all__ = [
     "AtariLoss",
     "AtariLoggerConfig",
     "AtariMemoryConfig",
+    "AtariNetworkConfig",
     "AtariOptimConfig",
     "ExploreConfig",
     "MetaLoss",
@@ -149,6 +151,18 @@ class AtariMemoryConfig:
     scratch_dir: str | None = None
     # next states per target-network call in a refresh (bounds the rebuilt stacks)
     value_chunk_size: int = positive(512)
+    # cpu | cuda | cuda:<n> of a tensor storage: where the frames are kept and the
+    # stacks rebuilt (a refresh moves them to network.device a chunk at a time)
+    device: str = "cpu"
+
+
+@dataclass
+class AtariNetworkConfig:
+    """Where the Q-networks learn."""
+
+    # cpu | cuda | cuda:<n>: Q-networks, losses, gradient steps and evaluation (the
+    # collector acts with a CPU copy of the policy, synced every batch)
+    device: str = "cpu"
 
 
 @dataclass
@@ -237,6 +251,8 @@ class AtariConfig:
     collector: AtariCollectorConfig = field(default_factory=AtariCollectorConfig)
     # replay: torchrl_gem.FrameEpisodicMemory
     memory: AtariMemoryConfig = field(default_factory=AtariMemoryConfig)
+    # the learner's device
+    network: AtariNetworkConfig = field(default_factory=AtariNetworkConfig)
     # gradient steps, CPU threads
     optim: AtariOptimConfig = field(default_factory=AtariOptimConfig)
     # epsilon-greedy acting
@@ -324,6 +340,14 @@ def check_atari_config(cfg: DictConfig) -> None:
             f"collector.{name}",
             f"the Atari recipe steps one environment, got {value}",
         )
+    check_device(cfg.network.device, "network.device")
+    memory = check_device(cfg.memory.device, "memory.device")
+    _require(
+        cfg.memory.storage != Storage.memmap or memory.type == "cpu",
+        "memory.device",
+        "a memmap storage lives on disk (cpu); use memory.storage=tensor for a CUDA "
+        "memory",
+    )
     check_shared_rules(cfg)
     check_atari_env(cfg.env.name)
 

@@ -291,6 +291,7 @@ def make_self_imitation(cfg: DictConfig, loss, memory, critic_optim):
         scale_by_weight_sum=sil.scale_by_weight_sum,
         start_frames=cfg.collector.init_random_frames,
         precision=network_precision(cfg),
+        device=cfg.network.device,  # autocast where the critics run
     )
 
 

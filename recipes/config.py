@@ -813,10 +813,14 @@ def check_algo(algo: DictConfig, field_path: str = "algo") -> None:
 
 
 def network_precision(cfg: DictConfig) -> str:
-    """``optim.precision``, or fp32 where the networks' device has no fast bf16 (the
-    Atari recipe's config has no network section: its networks are on the CPU)."""
-    device = cfg.get("network", {}).get("device", "cpu")
-    return precision.resolve(str(cfg.optim.precision), device)
+    """``optim.precision``, or fp32 where ``network.device`` has no fast bf16."""
+    return precision.resolve(str(cfg.optim.precision), config_device(cfg, "network"))
+
+
+def config_device(cfg: DictConfig, section: str) -> torch.device:
+    """``<section>.device``; the CPU for a run's saved config older than the field
+    (the Atari recipe's before it learned on a GPU)."""
+    return torch.device(cfg.get(section, {}).get("device", "cpu"))
 
 
 def compile_enabled(cfg: DictConfig) -> bool:

@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 import hydra
+import torch
 from omegaconf import DictConfig
 from torchrl.trainers import ReplayBufferTrainer, Trainer, UpdateWeights
 
@@ -89,8 +90,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(cfg.seed, cfg.optim.num_threads)
 
     # ---- the parts: environments, agent, memory, collector, optimiser, logger ----
+    device = torch.device(cfg.network.device)  # Q-networks, gradient steps
     train_env = make_atari_env(cfg, cfg.seed, clip_rewards=True)
     eval_env = make_atari_env(cfg, cfg.seed + EVAL_SEED_OFFSET, clip_rewards=False)
+    if device.type != "cpu":
+        eval_env = eval_env.to(device)  # the greedy policy evaluates where it trains
     spec = train_env.action_spec
     loss, greedy = make_agent(cfg, spec)
     memory = make_memory(cfg)
@@ -114,7 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # ---- the cycle: what the trainer runs per collected batch, in this order ----
     FiniteCheckHook(keys=[("next", "reward")]).register(trainer)  # 1. NaN/inf guard
-    replay = ReplayBufferTrainer(memory, batch_size=cfg.optim.batch_size)
+    replay = ReplayBufferTrainer(memory, batch_size=cfg.optim.batch_size, device=device)
     trainer.register_module("replay_buffer", replay)
     trainer.register_op("batch_process", replay.extend)  # 2. store single frames
     stats = EpisodeStats()
@@ -132,7 +136,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     UpdateWeights(collector, update_weights_interval=1).register(trainer)  # 8. sync
     evaluation = EvaluationHook(  # 9. raw-score evaluation every N frames
         eval_env,
-        EpsilonGreedyEval(greedy, spec, cfg.explore.eps_eval),
+        EpsilonGreedyEval(greedy, spec, cfg.explore.eps_eval, device=device),
         interval=cfg.logger.eval_interval,
         num_episodes=cfg.logger.eval_episodes,
         max_steps=cfg.env.max_episode_steps,

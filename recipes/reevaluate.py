@@ -55,7 +55,7 @@ def reevaluate(run_dir: Path, frames: list[int], episodes: int) -> list[dict]:
         path = run_dir / "actors" / f"frame{frame}.pt"
         if not path.is_file():
             raise SystemExit(f"{path}: no actor saved at frame {frame}")
-        actor.load_state_dict(torch.load(path, weights_only=True))
+        actor.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         result = evaluation.evaluate()
         rows.append(
             {

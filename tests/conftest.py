@@ -30,6 +30,18 @@ needs_cpp_compiler = pytest.mark.skipif(
 )
 
 
+# Devices: the CPU always, CUDA where this machine has it (skipped elsewhere).
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+CPU = pytest.param(torch.device("cpu"), id="cpu")
+CUDA = pytest.param(torch.device("cuda"), id="cuda", marks=needs_cuda)
+
+
+@pytest.fixture(params=(CPU, CUDA))
+def device(request) -> torch.device:
+    """Each device a test runs on (``parametrize("device", [CUDA])``: CUDA only)."""
+    return request.param
+
+
 @pytest.fixture
 def torchrl_log(monkeypatch, caplog):
     """``caplog`` that also sees torchrl's logger (which does not propagate)."""

@@ -101,8 +101,8 @@ def read_checkpoint(path: Path, required: Iterable[str] = ()) -> dict:
         )
     if hashlib.sha256(data).digest() != digest:
         raise CheckpointError(f"{path} is corrupt: checksum mismatch.")
-    try:
-        payload = torch.load(io.BytesIO(data), weights_only=True)
+    try:  # onto the CPU: a run saved on a GPU resumes on any machine
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - reported as an unusable checkpoint
         raise CheckpointError(f"{path} cannot be read: {err}") from err
     missing = set(required) - (set(payload) if isinstance(payload, dict) else set())
@@ -281,7 +281,8 @@ class RunCheckpoint:
         identity (dict): settings a resuming run must share.
 
     Keyword Args:
-        memory: the replay memory (``close_open_episodes`` on inexact resumes).
+        memory: the replay memory (``close_open_episodes`` on inexact resumes;
+            its storage is put back on its device after loading).
         extra (dict): small JSON-like values saved alongside (e.g. the run dir).
     """
 
@@ -337,6 +338,8 @@ class RunCheckpoint:
         """Load a payload from :meth:`read` into this freshly built run."""
         self._check_layout(payload, path)
         self.trainer.load_state_dict(payload["trainer"])
+        if self.memory is not None:
+            _place_storage(self.memory.storage)
         if payload["env"] is not None:
             restore_env_state(self.env, payload["env"])
             carrier = collector_carrier(self.collector)
@@ -381,6 +384,20 @@ class RunCheckpoint:
                 f"{path} does not fit this run and was not loaded: "
                 + "; ".join(problems)
             )
+
+
+def _place_storage(storage) -> None:
+    """Move a replay buffer's storage to the device it was built for.
+
+    A lazy storage that is loaded before its first write takes the tensors of the
+    state dict as they come (:func:`read_checkpoint` puts them on the CPU), not its
+    ``device``: a memory meant for the GPU would stay on the CPU.
+    """
+    data, device = getattr(storage, "_storage", None), getattr(storage, "device", None)
+    if data is None or device in (None, "auto") or torch.device(device).type == "cpu":
+        return  # (a CPU or memmap storage is where it belongs)
+    if data.device != torch.device(device):
+        storage._storage = data.to(device)
 
 
 def _shapes(tree, prefix: str = "") -> dict[str, Any]:

@@ -562,7 +562,13 @@ class TwinBackPropEstimator(ValueEstimatorBase):
             noise = torch.randn_like(action) * self.policy_noise
             action = action + noise.clamp(-self.noise_clip, self.noise_clip)
             if self.action_low is not None:
-                action = action.clamp(self.action_low, self.action_high)
+                # the loss's buffers when for_loss ran: a later loss.to(device)
+                # leaves them where they were
+                low, high = (
+                    torch.as_tensor(bound, device=action.device)
+                    for bound in (self.action_low, self.action_high)
+                )
+                action = action.clamp(low, high)
             critic_input.set(keys.action, action)
         values = call_ensemble(
             self.qvalue_network,

@@ -174,8 +174,9 @@ class FrameEpisodicMemory(EpisodicMemory):
     def _link(self, flat: TensorDictBase, pixels: Tensor, slots: Tensor) -> None:
         """Write each new step's predecessor slot and depth; record new starts."""
         stored = self._writer.written()
-        episode = stored.get(EPISODE)[slots]
-        done = flat.get(self.done_key).reshape(-1)
+        # on the CPU with the batch (the loop indexes both), wherever it is stored
+        episode = stored.get(EPISODE)[slots].cpu()
+        done = flat.get(self.done_key).reshape(-1).cpu()
         prev = torch.full_like(slots, -1)
         depth = torch.zeros_like(slots)
         occupied, stamp = stored.get(OCCUPIED), stored.get(STAMP)
@@ -230,12 +231,13 @@ class FrameEpisodicMemory(EpisodicMemory):
         # and at s_{t+1}: d = n-1..0; where depth < d the start stack supplies it
         obs = torch.stack([gathered[n - c] for c in range(n)], 1)
         nxt = torch.stack([gathered[n - 1 - c] for c in range(n)], 1)
-        back = torch.arange(n, 0, -1)  # d of each channel of the obs stack
+        back = torch.arange(n, 0, -1, device=depth.device)  # d of each obs channel
         from_start_obs = depth.unsqueeze(-1) < back  # [m, n]
         from_start_next = depth.unsqueeze(-1) < back - 1
         if bool(from_start_obs.any()):
             starts = self._start_frames(stored.get(EPISODE)[slots], from_start_obs)
-            channel = (depth.unsqueeze(-1) + torch.arange(n)).clamp_max(n - 1)
+            channel = depth.unsqueeze(-1) + torch.arange(n, device=depth.device)
+            channel = channel.clamp_max(n - 1)
             obs = _fill_from(obs, from_start_obs, starts, channel)
             nxt = _fill_from(
                 nxt, from_start_next, starts, (channel + 1).clamp_max(n - 1)
@@ -247,7 +249,8 @@ class FrameEpisodicMemory(EpisodicMemory):
         rows = needed.any(-1)
         ids, inverse = episode[rows].unique(return_inverse=True)
         table = torch.stack([self._start_stacks[int(i)] for i in ids.tolist()])
-        table = table.movedim(self.frame_dim, 1)
+        # start stacks are kept where the batches came from (the CPU)
+        table = table.to(episode.device).movedim(self.frame_dim, 1)
         out = table.new_zeros((len(episode), *table.shape[1:]))
         out[rows] = table[inverse]
         return out
@@ -285,7 +288,7 @@ class FrameEpisodicMemory(EpisodicMemory):
                 slots, last_step = slots[touched], last_step[touched]
                 values, stale = values[touched], stale[touched]
             else:
-                stale = torch.ones(len(slots), dtype=torch.bool)
+                stale = torch.ones(len(slots), dtype=torch.bool, device=slots.device)
             if bool(stale.any()):
                 values[stale] = self._values(estimator, slots[stale])
                 stored.set_at_(VALUE, values.to(stored.device), slots)
@@ -295,15 +298,16 @@ class FrameEpisodicMemory(EpisodicMemory):
             self._writer.mark_refreshed()
 
     def _values(self, estimator: TwinBackPropEstimator, slots: Tensor) -> Tensor:
-        """``[m, 2]`` bootstrap values of the next states, a chunk at a time."""
+        """``[m, 2]`` bootstrap values of the next states, a chunk at a time,
+        where ``slots`` are (the networks may sit elsewhere)."""
         params = next(iter(estimator.qvalue_params.values(True, True)))
         size = estimator.value_chunk_size or len(slots)
         values = []
         for chunk in slots.split(size):
             _, nxt = self.stacks(chunk)
             states = TensorDict({self.pixels_key: nxt.to(params.device)}, [len(chunk)])
-            values.append(estimator.next_state_value(states).float().cpu())
-        return torch.cat(values)
+            values.append(estimator.next_state_value(states).float())
+        return torch.cat(values).to(slots.device)
 
     def _returns(self, estimator, stored, slots, values, last_step) -> Tensor:
         keys = estimator.tensor_keys
@@ -366,7 +370,9 @@ class FrameEpisodicMemory(EpisodicMemory):
 
     def loads(self, path) -> None:
         super().loads(path)
-        state = torch.load(Path(path) / "frame_memory.pt", weights_only=True)
+        state = torch.load(
+            Path(path) / "frame_memory.pt", map_location="cpu", weights_only=True
+        )
         self._load_frame_state(state)
 
 
