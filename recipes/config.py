@@ -381,7 +381,8 @@ class LoggerConfig:
     # the evaluated actor acts at its bounds (eval/action_saturation); cheap
     diagnostics: bool = True
     # MuJoCo: save the actor's weights at every evaluation (<run_dir>/actors/
-    # frame<N>.pt), to evaluate them again with more episodes (recipes/reevaluate.py)
+    # frame<N>.pt), to evaluate them again with more episodes
+    # (recipes/analysis/reevaluate.py)
     snapshots: bool = False
 
 

@@ -44,10 +44,9 @@ from atari_builders import (
 )
 from atari_config import ATARI_CONFIG, ATARI_DIR, check_atari_config
 from atari_config import load_atari_config as load_config  # noqa: F401 - for tests
-from interaction import make_atari_env, make_collector
+from interaction import EVAL_SEED_OFFSET, make_atari_env, make_collector
 from logs import make_logger
 from runs import (
-    EVAL_SEED_OFFSET,
     finished_summary,
     read_resume,
     resolve_run_dir,
