@@ -20,6 +20,7 @@ config class appears without editing a page:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 from collections.abc import Callable
@@ -115,10 +116,15 @@ def value_comments(path: Path) -> tuple[dict[str, str], list[str]]:
     return comments, bases
 
 
+@functools.cache
+def composed(recipe: Recipe, preset: str) -> dict[str, Any]:
+    """The config of ``algo=preset``, flat: ``{"optim.batch_size": 128, ...}``."""
+    return flatten(config.plain(recipe.load([f"algo={preset}"])))
+
+
 def preset_changes(recipe: Recipe, name: str) -> list[tuple[str, Any, Any, str]]:
     """``[(field, preset's value, base's value, why)]`` of ``algo=name``."""
-    base = flatten(config.plain(recipe.load([f"algo={recipe.base}"])))
-    preset = flatten(config.plain(recipe.load([f"algo={name}"])))
+    base, preset = composed(recipe, recipe.base), composed(recipe, name)
     comments: dict[str, str] = {}
     files = [name]
     while files:  # the preset first, then the files it extends
@@ -165,10 +171,11 @@ def table_row(cells: list[nodes.Node]) -> nodes.row:
     return row
 
 
-def section(id_: str, *title: nodes.Node | str) -> nodes.section:
-    node = nodes.section(ids=[nodes.make_id(id_)], names=[nodes.make_id(id_)])
-    node += nodes.title("", "", *(paragraph(*title).children))
-    return node
+def section(name: str, *title: nodes.Node | str) -> nodes.section:
+    """A section (in the page's table of contents) whose anchor is ``name``."""
+    anchor = nodes.make_id(name)
+    heading = nodes.title("", "", *paragraph(*title).children)
+    return nodes.section("", heading, ids=[anchor], names=[anchor])
 
 
 class RecipeConfig(SphinxDirective):
