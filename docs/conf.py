@@ -51,7 +51,6 @@ exclude_patterns = [
 ]
 
 myst_heading_anchors = 4  # GitHub's heading anchors, as the pages link them
-myst_enable_extensions = ["colon_fence"]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
