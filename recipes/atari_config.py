@@ -188,8 +188,8 @@ class AtariOptimConfig:
     # cores of this process
     num_threads: int | None = positive(1)
     # fp32 | bf16: bf16 autocast for the gradient steps and the refresh (acting
-    # stays fp32), fp32 weights and Adam (parity on a trained run: README); fp32
-    # (logged) where bf16 is not fast
+    # stays fp32), fp32 weights and Adam (parity on a trained run:
+    # docs/performance.md); fp32 (logged) where bf16 is not fast
     precision: Precision = Precision.bf16
     # torch.compile GEM-DQN's loss in the gradient steps and the refresh's target
     # pass (~1 min to compile, eager where it fails); null = on for algo.loss=gem

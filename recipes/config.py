@@ -34,9 +34,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import inspect
 import math
 import os
 import re
+import textwrap
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -66,6 +68,7 @@ __all__ = [
     "CollectorConfig",
     "ConfigError",
     "EnvConfig",
+    "FieldDoc",
     "Floor",
     "GemConfig",
     "Init",
@@ -92,6 +95,8 @@ __all__ = [
     "check_schema",
     "config_error",
     "check_shared_rules",
+    "describe_fields",
+    "field_comments",
     "load_config",
     "non_negative",
     "plain",
@@ -382,7 +387,8 @@ class LoggerConfig:
     # the evaluated actor acts at its bounds (eval/action_saturation); cheap
     diagnostics: bool = True
     # MuJoCo: save the actor's weights at every evaluation (<run_dir>/actors/
-    # frame<N>.pt), to evaluate them again with more episodes (recipes/reevaluate.py)
+    # frame<N>.pt), to evaluate them again with more episodes
+    # (recipes/analysis/reevaluate.py)
     snapshots: bool = False
 
 
@@ -611,6 +617,63 @@ def _expectation(hint: Any, bound: Range | None) -> str:
     else:
         text = f"a {hint}"
     return f"{text} or null" if optional else text
+
+
+def field_comments(schema: type) -> dict[str, str]:
+    """``{field: its comment}``: the ``# ...`` lines right above each field, joined.
+
+    A field that a base class declares has the base's comment unless redeclared.
+
+    Examples:
+        >>> field_comments(CheckpointConfig)["stop_after"]
+        'checkpoint and stop once this many frames are collected (time-sliced jobs)'
+    """
+    comments: dict[str, str] = {}
+    for cls in reversed(schema.__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        block: list[str] = []
+        for line in textwrap.dedent(inspect.getsource(cls)).splitlines():
+            if line.startswith("    # "):
+                block.append(line.removeprefix("    # ").strip())
+                continue
+            declared = re.match(r"    (\w+):", line)
+            if declared and block:
+                comments[declared.group(1)] = " ".join(block)
+            block = []
+    return comments
+
+
+class FieldDoc(typing.NamedTuple):
+    """A field of a schema as its documentation shows it."""
+
+    name: str
+    default: Any  # a section's default is an instance of its dataclass
+    accepts: str  # type and allowed values, worded as the errors word them
+    comment: str
+
+
+def describe_fields(schema: type) -> list[FieldDoc]:
+    """Every field of ``schema`` (a dataclass), in order, with what the docs show.
+
+    Examples:
+        >>> item = describe_fields(EnvConfig)[1]
+        >>> item.name, item.default, item.accepts
+        ('max_episode_steps', 1000, 'an integer > 0')
+        >>> item.comment
+        'time limit; reaching it is a truncation (bootstrapped), not a termination'
+    """
+    comments = field_comments(schema)
+    described = []
+    for item, hint in _fields(schema):
+        default = item.default
+        if default is dataclasses.MISSING:
+            default = item.default_factory()
+        accepts = _expectation(hint, item.metadata.get("range"))
+        described.append(
+            FieldDoc(item.name, default, accepts, comments.get(item.name, ""))
+        )
+    return described
 
 
 def _check_value(path: str, value: Any, hint: Any, bound: Range) -> None:

@@ -20,7 +20,7 @@ A CPU-sized demo (a few minutes on 2 cores; a demo, not a result)::
         logger.eval_interval=2500 logger.eval_episodes=1 optim.num_threads=2
 
 The defaults are the released configuration (2.5M agent steps = 10M emulator
-frames, 1M-transition memory: far beyond 2 CPU cores; see README "Atari").
+frames, 1M-transition memory: far beyond 2 CPU cores; see docs/performance.md, "Atari").
 Every option is documented in ``atari_config.py``; ``algo`` picks a file of
 ``atari/algo/``: gem, dqn, ddqn.
 """
@@ -45,10 +45,9 @@ from atari_builders import (
 )
 from atari_config import ATARI_CONFIG, ATARI_DIR, check_atari_config
 from atari_config import load_atari_config as load_config  # noqa: F401 - for tests
-from interaction import make_atari_env, make_collector
+from interaction import EVAL_SEED_OFFSET, make_atari_env, make_collector
 from logs import make_logger
 from runs import (
-    EVAL_SEED_OFFSET,
     finished_summary,
     read_resume,
     resolve_run_dir,

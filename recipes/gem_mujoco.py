@@ -35,7 +35,7 @@ other baselines as its repository configured them, td3_sil, sac and ddpg::
 
 Every evaluation also logs the critics' estimate on the visited states against the
 discounted return obtained there (``eval/q_estimate``, ``eval/mc_return``,
-``eval/q_bias``); ``plot.py`` draws them under the return curves.
+``eval/q_bias``); ``analysis/plot.py`` draws them under the return curves.
 """
 
 from __future__ import annotations
@@ -66,11 +66,16 @@ from config import (  # noqa: F401 - ConfigError, check_config: for tests
     compile_enabled,
     load_config,
 )
-from interaction import action_half_range, collector_steps, make_collector, make_env
+from interaction import (
+    EVAL_SEED_OFFSET,
+    action_half_range,
+    collector_steps,
+    make_collector,
+    make_env,
+)
 from launchers import check_launcher, sweep_threads
 from logs import make_logger
 from runs import (
-    EVAL_SEED_OFFSET,
     finished_summary,
     read_resume,
     resolve_run_dir,

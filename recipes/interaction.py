@@ -63,6 +63,7 @@ from config import ConfigError
 
 HERE = Path(__file__).resolve().parent
 TRAJ_KEY = ("collector", "traj_ids")
+EVAL_SEED_OFFSET = 10_000  # evaluation episodes use their own seed stream
 PIXELS = "pixels"  # the Atari stacked-frame observation key, what the Q-networks read
 
 

@@ -13,7 +13,7 @@ every step is logged once, with the resumed process's values:
   both the stopped process's points and the resumed ones. The CSV logs are the
   reference.
 
-:func:`one_row_per_step` cleans logs written before that (``plot.py --clean``).
+:func:`one_row_per_step` cleans logs written before that (``analysis/plot.py --clean``).
 """
 
 from __future__ import annotations

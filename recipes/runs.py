@@ -20,17 +20,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torchrl import timeit
 
+from analysis.plot import plot_runs
 from config import ConfigError, plain, resolve_checkpoint_path
 from logs import flat_hparams, wandb_run_id
-from plot import plot_runs
 from torchrl_gem.checkpoint import (
     CheckpointError,
     CheckpointHook,
     RunCheckpoint,
     StopSignal,
 )
-
-EVAL_SEED_OFFSET = 10_000  # evaluation episodes use their own seed stream
 
 
 def seed_everything(seed: int, num_threads: int | None) -> None:

@@ -25,7 +25,7 @@ pytest.importorskip("hydra")
 import atari_builders  # noqa: E402 - recipes/ is on pytest's pythonpath
 import atari_config  # noqa: E402
 import gem_atari as recipe  # noqa: E402
-from config import ConfigError  # noqa: E402
+from config import ConfigError, field_comments  # noqa: E402
 from interaction import PIXELS, make_atari_env, make_collector  # noqa: E402
 from torchrl_gem import EpisodicMemory  # noqa: E402
 from torchrl_gem.checkpoint import read_checkpoint  # noqa: E402
@@ -469,7 +469,6 @@ def test_resume_of_another_game_is_refused(tmp_path):
 
 def test_every_schema_field_and_yaml_value_has_a_comment():
     import dataclasses
-    import inspect
 
     classes = [
         obj
@@ -478,10 +477,9 @@ def test_every_schema_field_and_yaml_value_has_a_comment():
     ]
     assert len(classes) >= 7
     for cls in classes:
-        lines = inspect.getsource(cls).splitlines()
-        for name in cls.__annotations__:  # fields declared here (others: config.py)
-            (at,) = [i for i, s in enumerate(lines) if s.startswith(f"    {name}:")]
-            assert lines[at - 1].strip().startswith("# "), f"{cls.__name__}.{name}"
+        comments = field_comments(cls)  # inherited fields: config.py's
+        for item in dataclasses.fields(cls):
+            assert comments.get(item.name), f"{cls.__name__}.{item.name}"
     atari_dir = atari_config.ATARI_DIR
     for path in [atari_dir / "gem_atari.yaml", *(atari_dir / "algo").glob("*.yaml")]:
         for line in path.read_text().splitlines():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import inspect
 import io
 import json
 import re
@@ -283,12 +282,37 @@ def test_every_schema_field_has_a_comment():
     ]
     assert len(classes) >= 10
     for cls in classes:
-        lines = inspect.getsource(cls).splitlines()
+        comments = recipe_config.field_comments(cls)
         for item in dataclasses.fields(cls):
-            (at,) = [
-                i for i, s in enumerate(lines) if s.startswith(f"    {item.name}:")
-            ]
-            assert lines[at - 1].strip().startswith("# "), f"{cls.__name__}.{item.name}"
+            assert comments.get(item.name), f"{cls.__name__}.{item.name}"
+
+
+def test_field_comments_join_lines_and_inherit():
+    @dataclasses.dataclass
+    class Base:
+        # one line
+        a: int = 1
+        b: int = 2  # a trailing comment is not the field's comment
+        # first line
+        #   and the second
+        c: int = 3
+
+    @dataclasses.dataclass
+    class Derived(Base):
+        # redeclared
+        c: int = 4
+
+    assert recipe_config.field_comments(Base) == {
+        "a": "one line",
+        "c": "first line and the second",
+    }
+    assert recipe_config.field_comments(Derived) == {"a": "one line", "c": "redeclared"}
+    described = recipe_config.describe_fields(Derived)
+    assert [(d.name, d.default, d.accepts, d.comment) for d in described] == [
+        ("a", 1, "an integer", "one line"),
+        ("b", 2, "an integer", ""),
+        ("c", 4, "an integer", "redeclared"),
+    ]
 
 
 def test_every_yaml_value_has_a_comment():

@@ -18,7 +18,7 @@ from conftest import tiny_mujoco_run as tiny
 pytest.importorskip("hydra")
 
 import logs  # noqa: E402 - recipes/ is on pytest's pythonpath
-import plot  # noqa: E402
+from analysis import plot  # noqa: E402
 
 
 def csv_files(run_dir: Path) -> dict[str, Path]:

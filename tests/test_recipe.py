@@ -36,7 +36,7 @@ from torchrl.objectives import DDPGLoss, SACLoss, TD3Loss  # noqa: E402
 
 import builders  # noqa: E402 - recipes/ is on pytest's pythonpath
 import gem_mujoco as recipe  # noqa: E402
-import plot  # noqa: E402
+from analysis import plot  # noqa: E402
 from torchrl_gem import GEMLoss, compiling, precision  # noqa: E402
 from torchrl_gem.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
 from torchrl_gem.trainer import EvaluationHook  # noqa: E402
@@ -765,7 +765,7 @@ def test_finished_run_writes_its_plot(tmp_path):
 def test_diagnostics_are_logged_and_actors_reevaluated(tmp_path, capsys):
     """memory/* targets, gradient norms, action saturation; saved actors evaluated
     again: the same episodes give the logged return, more episodes a table."""
-    import reevaluate
+    from analysis import reevaluate
 
     run(tiny("gem", tmp_path, "logger.snapshots=true"))
     for name in (

@@ -13,7 +13,7 @@ from conftest import write_run
 
 pytest.importorskip("scipy")
 
-import stats  # noqa: E402 - recipes/ is on pytest's pythonpath
+from analysis import stats  # noqa: E402 - recipes/ is on pytest's pythonpath
 
 
 def brute_iqm(values) -> float:
@@ -170,7 +170,7 @@ def test_drawdown_by_hand():
 
 
 def test_plot_stats_table_by_hand():
-    import plot
+    from analysis import plot
 
     def curve(*values):  # evaluations every 10 frames; the score is the last five
         return [(10 * i, v) for i, v in enumerate(values)]
@@ -214,7 +214,7 @@ def test_plot_stats_table_by_hand():
 
 
 def test_the_aggregate_says_when_p_covers_fewer_tasks():
-    import plot
+    from analysis import plot
 
     def curve(value):
         return [(0, value), (10, value)]
@@ -230,7 +230,7 @@ def test_the_aggregate_says_when_p_covers_fewer_tasks():
 
 
 def test_runs_short_of_their_budget_are_left_out(tmp_path):
-    import plot
+    from analysis import plot
 
     done, running = [(0, 1.0), (100, 2.0)], [(0, 1.0), (50, 3.0)]
     returns = "eval/return_mean"
@@ -258,7 +258,7 @@ def _swinging_run(tmp_path):
 
 
 def test_swings_groups_the_evaluations_around_drops(tmp_path):
-    import swings
+    from analysis import swings
 
     run = _swinging_run(tmp_path)
     table, summary = swings.analyse([run], start=20, fraction=0.5)
@@ -277,7 +277,7 @@ def test_swings_groups_the_evaluations_around_drops(tmp_path):
 
 
 def test_swings_detrend_groups_residuals_from_each_runs_line(tmp_path):
-    import swings
+    from analysis import swings
 
     run = _swinging_run(tmp_path)
     table, _ = swings.analyse([run], start=20, fraction=0.5, detrend=True)
@@ -293,7 +293,7 @@ def test_swings_detrend_groups_residuals_from_each_runs_line(tmp_path):
 def test_swings_figure_has_a_row_per_logged_quantity(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
-    import swings
+    from analysis import swings
 
     run = _swinging_run(tmp_path)
     saved = {}
@@ -315,7 +315,7 @@ def test_swings_figure_has_a_row_per_logged_quantity(tmp_path, monkeypatch):
 
 
 def test_plot_profiles_writes_a_figure(tmp_path):
-    import plot
+    from analysis import plot
 
     groups = {
         ("Hopper-v5", "gem"): [[(0, 100.0), (10, 900.0)], [(0, 50.0), (10, 2000.0)]]
@@ -325,7 +325,7 @@ def test_plot_profiles_writes_a_figure(tmp_path):
 
 
 def test_paper_table_is_algorithm_by_task_with_runs_and_precision(tmp_path):
-    import plot
+    from analysis import plot
 
     runs = [_swinging_run(tmp_path / name) for name in ("a", "b", "c")]
     for run, precision in zip(runs, ("bf16", "fp32"), strict=False):

@@ -19,6 +19,8 @@ The pieces, each usable alone:
 
 from __future__ import annotations
 
+from importlib import metadata
+
 from torchrl_gem.compiling import CompiledCall
 from torchrl_gem.dqn import (
     GEMDQNLoss,
@@ -35,6 +37,11 @@ from torchrl_gem.memory import EpisodicMemory
 from torchrl_gem.networks import GEMCritic, make_gem_actor, make_gem_critics
 from torchrl_gem.sil import MonteCarloReturn, SelfImitationLoss
 from torchrl_gem.transforms import TwinBackPropTransform
+
+try:
+    __version__ = metadata.version("torchrl-gem")
+except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CompiledCall",

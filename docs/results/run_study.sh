@@ -23,7 +23,7 @@ mujoco=(
   collector.total_frames=100000 collector.init_random_frames=10000
   logger.eval_interval=5000 logger.eval_episodes=10 optim.num_threads=1
   checkpoint.interval=10000 checkpoint.resume=auto logger.progress_bar=false
-  logger.snapshots=true  # actors kept (not committed) for recipes/reevaluate.py
+  logger.snapshots=true  # actors kept (not committed) for recipes/analysis/reevaluate.py
 )
 # MuJoCo at the paper's budget (the recipe's defaults, spelled out so that a later
 # default cannot change the study): 1M frames, 25k random warm-up (the released

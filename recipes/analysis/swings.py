@@ -1,6 +1,6 @@
 """Why a run's evaluations swing: what its logs held before and at each drop.
 
-    python recipes/swings.py docs/results/runs/Hopper-v5/gem \
+    python recipes/analysis/swings.py docs/results/runs/Hopper-v5/gem \
         docs/results/runs/Walker2d-v5/gem
 
 A *drop* is an evaluation (from ``--start`` frames on) whose mean return falls below
@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
-import numpy as np
+if __name__ == "__main__":  # run as a file: import from recipes/, as the recipes do
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import stats
-from plot import find_runs, pyplot, read_scalar, save_figure
+import numpy as np  # noqa: E402
+
+from analysis import stats  # noqa: E402
+from analysis.plot import find_runs, pyplot, read_scalar, save_figure  # noqa: E402
 
 RETURN = "eval/return_mean"
 # quantity -> (csv scalar, read at the evaluation or averaged since the previous one)

@@ -1,9 +1,12 @@
 """Learning curves of gem_mujoco.py runs: evaluation return against environment frames.
 
-    python recipes/plot.py RUN_DIR [RUN_DIR ...] --out curves.png
-    python recipes/plot.py fp32=runs/Hopper-v5/gem bf16=bf16/Hopper-v5/gem  # labels
-    python recipes/plot.py docs/results/runs --stats gem  # IQM, intervals, P(gem > x)
-    python recipes/plot.py docs/results/runs --curves gem,td3  # draw two, tabulate all
+    python recipes/analysis/plot.py RUN_DIR [RUN_DIR ...] --out curves.png
+    python recipes/analysis/plot.py fp32=runs/Hopper-v5/gem bf16=bf16/Hopper-v5/gem
+    python recipes/analysis/plot.py docs/results/runs --stats gem
+    python recipes/analysis/plot.py docs/results/runs --curves gem,td3
+
+(labels name variants of one algorithm; ``--stats``: IQM, intervals, P(gem > x);
+``--curves``: draw two algorithms, tabulate all.)
 
 Each RUN_DIR is a run directory (it holds ``run_info.json``, written by the recipe) or
 any folder above run directories (``runs/`` or ``runs/Hopper-v5``); ``LABEL=RUN_DIR``
@@ -49,15 +52,25 @@ import argparse
 import functools
 import json
 import math
+import sys
 import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
+if __name__ == "__main__":  # run as a file: import from recipes/, as the recipes do
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-import stats
-from logs import csv_logs, one_row_per_step, read_lines, step_of, write_lines
+import numpy as np  # noqa: E402
+
+from analysis import stats  # noqa: E402
+from logs import (  # noqa: E402
+    csv_logs,
+    one_row_per_step,
+    read_lines,
+    step_of,
+    write_lines,
+)
 
 METRIC = "eval/return_mean"
 Q_ESTIMATE, MC_RETURN, Q_BIAS = "eval/q_estimate", "eval/mc_return", "eval/q_bias"
@@ -78,9 +91,10 @@ class Normalisation(NamedTuple):
     one_is: str  # what 1 is, for the tables and figures
 
 
-# MuJoCo: random, the uniform random policy (python recipes/random_scores.py <task>:
-# 100 episodes); reference, TD3's maximum average return over 10 trials of 1M steps
-# (Fujimoto et al., ICML 2018, Table 1, the tasks' -v1 versions)
+# MuJoCo: random, the uniform random policy (100 episodes: python
+# recipes/analysis/random_scores.py <task>); reference, TD3's maximum average return
+# over 10 trials of 1M steps (Fujimoto et al., ICML 2018, Table 1, the tasks' -v1
+# versions)
 TD3_BEST = "TD3's best in 1M steps"
 # Atari: the human-normalised score, with the random and human scores of the Atari
 # 100k benchmark's tables (rliable's Atari data): published, no-sticky-action figures

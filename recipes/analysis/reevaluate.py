@@ -9,24 +9,27 @@ chosen frames with ``--episodes`` episodes from the same seed (so the first
 per frame, the logged mean, the new mean with its standard error, and the episodes'
 spread::
 
-    python recipes/reevaluate.py runs/Hopper-v5/gem/seed0 --frames 80000 85000 90000
-    python recipes/reevaluate.py RUN_DIR --episodes 50            # every snapshot
+    python recipes/analysis/reevaluate.py runs/Hopper-v5/gem/seed0 --frames 80000 90000
+    python recipes/analysis/reevaluate.py RUN_DIR --episodes 50    # every snapshot
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
+if __name__ == "__main__":  # run as a file: import from recipes/, as the recipes do
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from builders import make_networks
-from interaction import action_half_range, make_env
-from plot import read_scalar
-from runs import EVAL_SEED_OFFSET
-from torchrl_gem.trainer import EvaluationHook
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from analysis.plot import read_scalar  # noqa: E402
+from builders import make_networks  # noqa: E402
+from interaction import EVAL_SEED_OFFSET, action_half_range, make_env  # noqa: E402
+from torchrl_gem.trainer import EvaluationHook  # noqa: E402
 
 
 def snapshot_frames(run_dir: Path) -> list[int]:

@@ -1,6 +1,6 @@
 """Returns of the uniform random policy: the 0 of the study's normalised scores.
 
-    python recipes/random_scores.py Hopper-v5 Walker2d-v5 HalfCheetah-v5
+    python recipes/analysis/random_scores.py Hopper-v5 Walker2d-v5 HalfCheetah-v5
 
 Each task: ``--episodes`` full episodes of uniformly random actions (Gymnasium's
 ``action_space.sample``, seeded), the mean and std of their undiscounted returns.
