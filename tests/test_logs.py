@@ -241,6 +241,38 @@ def test_plot_tables_name_what_frames_count(tmp_path, envs, unit):
     assert f"| minutes per 100k {unit} |" in plot.time_table(runs)
 
 
+def test_plot_phase_table_by_hand(tmp_path):
+    # 400 frames in 3600 s: 1800 update, 900 refresh, 360 collect, 180 evaluation,
+    # 0 checkpoint (no log), 360 in the other hooks; per 1,000 frames x 2.5
+    timers = {
+        "time/update": [(200, 900.0), (400, 1800.0)],
+        "time/collect": [(400, 360.0)],
+        "time/hook/memory_refresh": [(400, 900.0)],
+        "time/hook/evaluation": [(400, 180.0)],
+        "time/hook/extend": [(400, 360.0)],
+    }
+    gem = write_run(tmp_path, "Hopper-v5", "gem", 0, 400, timers)
+    untimed = write_run(tmp_path, "Hopper-v5", "gem", 1, 400, {})
+    table = plot.phase_table([gem, untimed], per=1_000)
+    # collection, gradient steps, refresh, evaluation, checkpoints, other, total
+    row = "| Hopper-v5 | gem | 1 | 0.25 | 1.25 | 0.62 | 0.12 | 0.00 | 0.25 | 2.50 |"
+    assert row in table, table
+    assert "Hours per 1,000 frames" in table
+
+
+def test_plot_run_scores_table_by_hand(tmp_path):
+    curve = [(frame, float(frame // 100)) for frame in range(0, 1001, 100)]
+    write_run(tmp_path, "Ant-v5", "td3", 2, 1000, {"eval/return_mean": curve})
+    short = [(0, 1.0), (100, 3.0)]  # still running: no figure at 300-500 yet
+    write_run(tmp_path, "Ant-v5", "gem", 0, 1000, {"eval/return_mean": short})
+    runs = plot.find_runs([tmp_path])
+    table = plot.run_scores_table(runs, window=(300, 500))
+    # td3: the last five evaluations 6..10 -> 8; final 10; 3, 4, 5 -> 4
+    assert "| Ant-v5 | td3 | 2 | 1000 | 8.0 | 10.0 | 4.0 |" in table
+    assert "| Ant-v5 | gem | 0 | 100 | 2.0 | 3.0 |  |" in table
+    assert table.index("| gem |") < table.index("| td3 |")  # sorted rows
+
+
 def test_plot_clean_rewrites_repeated_steps(tmp_path, capsys):
     run_dir = fake_run(tmp_path, CURVE, TIMER)
     plot.main([str(tmp_path), "--clean", "--out", str(tmp_path / "c.png")])

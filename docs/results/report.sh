@@ -9,8 +9,9 @@
 # bp_4critics, gem_nocross and gem_paired, ablations.png; td3_tbp and sac_tbp against
 # td3 and sac, ablations_<loss>.png, and both against their controls td3_gemnets and
 # sac_gemnets, ablations_<loss>_control.png), the stable-GEM screening (stable.md,
-# stable_<task>.png) and the Atari comparison (atari.md, atari.png; frames there are
-# agent steps).
+# stable_<task>.png), the Atari comparison (atari.md, atari.png; frames there are
+# agent steps) and the 1M-frame study (runs_1m.md, runs_1m.png: finished runs in the
+# statistics, every run in the per-run table, the wall-clock split by phase).
 set -euo pipefail
 shopt -s nullglob  # an algorithm without runs yet drops out of a glob, not a literal
 cd "$(dirname "$0")/../.."
@@ -109,4 +110,25 @@ if compgen -G "$results/atari/*/*/seed*/run_info.json" >/dev/null; then
     python recipes/analysis/plot.py "$results/atari" --stats gem --out "$results/atari.png"
   } >"$results/atari.md"
   echo "wrote $results/atari.md and atari.png"
+fi
+if compgen -G "$results/runs_1m/*/*/seed*/run_info.json" >/dev/null; then
+  {
+    generated
+    echo
+    echo "Published figures at 1M frames (300k in brackets), beside the tables below:"
+    echo
+    echo "| | HalfCheetah | Ant | source |"
+    echo "|---|---:|---:|---|"
+    echo "| GEM (paper, v2) | ~12,000 | ~6,000 | the paper's figures |"
+    echo "| TD3 (v1, 10 seeds, evaluation return) | 9,567 (7,697) | 4,243 (1,954) |" \
+      "the TD3 authors' learning curves |"
+    echo "| SAC (v4, 10 seeds) | 11,321 (8,593) | 5,734 (3,532) | SimbaV2's baselines |"
+    echo "| CrossQ (v4, 10 seeds) | 12,893 (10,012) | 6,980 (5,712) |" \
+      "SimbaV2's baselines |"
+    echo "| TD3 (v4, 3 seeds, training return) | 9,583 | - | CleanRL's benchmark |"
+    echo
+    python recipes/analysis/plot.py "$results/runs_1m" --stats gem \
+      --per-run 290000:310000 --phases 1000000 --out "$results/runs_1m.png"
+  } >"$results/runs_1m.md"
+  echo "wrote $results/runs_1m.md and runs_1m.png"
 fi

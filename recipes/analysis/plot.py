@@ -293,6 +293,89 @@ def training_seconds(run: Path) -> tuple[int, float] | None:
     return (frames, seconds) if frames else None
 
 
+# the phases of the wall-clock split: a top-level timer each, or a trainer hook's;
+# the other hooks (memory write, sampling, target update, logging, ...) sum to "other"
+PHASES = {
+    "collection": "collect",
+    "gradient steps": "update",
+    "memory refresh": "hook/memory_refresh",
+    "evaluation": "hook/evaluation",
+    "checkpoints": "hook/checkpoint",
+}
+
+
+def phase_seconds(run: Path) -> tuple[int, dict[str, float]] | None:
+    """``(frames, {phase: seconds})`` at the last frame the run logged ``time/*``:
+    :data:`PHASES` and ``"other"``, the rest of :data:`TOP_TIMERS`; ``None`` where
+    :func:`training_seconds` is."""
+    timed = training_seconds(run)
+    if timed is None:
+        return None
+    frames, total = timed
+    seconds = {}
+    for phase, timer in PHASES.items():  # a hook the run lacks (td3: no refresh): 0
+        files = sorted(run.glob(f"*/scalars/time/{timer}.csv"))
+        seconds[phase] = read_log(files[0])[-1][1] if files else 0.0
+    seconds["other"] = total - sum(seconds.values())
+    return frames, seconds
+
+
+def phase_table(runs, per: int = 1_000_000) -> str:
+    """Hours per ``per`` frames of each phase (:func:`phase_seconds`) and in all,
+    per (task, algo), the mean over its timed runs."""
+    groups: dict[tuple[str, str], list] = defaultdict(list)
+    for run, key in _group_keys(runs).items():
+        groups[key].append(phase_seconds(run))
+    phases = [*PHASES, "other"]
+    unit = step_unit(task for task, _ in groups)
+    lines = [
+        f"Hours per {per:,} {unit}, the mean over the runs timed (to where each is).",
+        "",
+        "| task | algorithm | runs timed | " + " | ".join(phases) + " | total |",
+        "|---|---|---:|" + "---:|" * (len(phases) + 1),
+    ]
+    for (task, algo), timed in sorted(groups.items()):
+        timed = [t for t in timed if t is not None]
+        cells = ["-"] * (len(phases) + 1)
+        if timed:
+            frames = np.array([frames for frames, _ in timed], dtype=float)
+            seconds = np.array([[s[phase] for phase in phases] for _, s in timed])
+            hours = seconds / 3600 * (per / frames)[:, None]  # [runs, phases]
+            cells = [f"{h:.2f}" for h in [*hours.mean(0), hours.sum(1).mean()]]
+        row = [task, algo, str(len(timed)), *cells]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def run_scores_table(runs, window: tuple[int, int], last: int = 5) -> str:
+    """One row per run, finished or not: the frames it reached, its score (the mean
+    of its ``last`` evaluations), its final evaluation and the mean of its
+    evaluations at ``window`` frames (inclusive; blank before it reaches them)."""
+    low, high = window
+    unit = step_unit(task for task, _ in _group_keys(runs).values())
+    lines = [
+        f"| task | algorithm | seed | {unit} | score (last {last}) | final "
+        f"| {low:,}-{high:,} |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    rows = []
+    for run, (task, algo) in _group_keys(runs).items():
+        curve = read_scalar(run)
+        if not curve:
+            continue
+        inside = [value for frame, value in curve if low <= frame <= high]
+        at_window = f"{np.mean(inside):.1f}" if curve[-1][0] >= high else ""
+        score = np.mean([value for _, value in curve[-last:]])
+        seed = run_info(run)["seed"]
+        rows.append(
+            (task, algo, seed, curve[-1][0], f"{score:.1f}", f"{curve[-1][1]:.1f}")
+            + (at_window,)
+        )
+    for row in sorted(rows):
+        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    return "\n".join(lines)
+
+
 def step_unit(tasks) -> str:
     """What the logs' frames count: TorchRL's frames are an Atari run's agent steps
     (4 emulator frames each, frame skip)."""
@@ -755,6 +838,20 @@ def main(argv=None) -> None:
         "against its online one), paired per run",
     )
     parser.add_argument(
+        "--per-run",
+        metavar="LOW:HIGH",
+        type=lambda text: tuple(int(x) for x in text.split(":")),
+        help="also print every run's frames, score, final evaluation and the mean of "
+        "its evaluations between LOW and HIGH frames (a published budget's figure)",
+    )
+    parser.add_argument(
+        "--phases",
+        metavar="FRAMES",
+        type=int,
+        help="also print the hours per FRAMES frames of each phase (collection, "
+        "gradient steps, memory refresh, evaluation, checkpoints, other)",
+    )
+    parser.add_argument(
         "--clean",
         action="store_true",
         help="first rewrite the logs that repeat steps, one row per step (the later)",
@@ -778,6 +875,10 @@ def main(argv=None) -> None:
         profile = plot_profiles(groups, out.with_name(out.stem + "_profile.png"))
         if profile:
             print(f"wrote {profile}\n")
+    if args.per_run:
+        print(run_scores_table(labelled_runs(args.runs), args.per_run) + "\n")
+    if args.phases:
+        print(phase_table(labelled_runs(args.runs), args.phases) + "\n")
     plot_runs(args.runs, args.out, metric=args.metric, curves=args.curves)
 
 
