@@ -1,8 +1,9 @@
 """Interruptible runs: self-checking checkpoint files, RNG and MuJoCo states, a hook.
 
 - :func:`write_checkpoint` / :func:`read_checkpoint`: one file per checkpoint,
-  ``MAGIC | sha256 | length | torch.save(payload)``, written atomically; a damaged
-  or foreign file raises :class:`CheckpointError` before anything is loaded.
+  ``MAGIC | sha256 | length | torch.save(payload)``, streamed (no copy of the payload
+  in RAM) and written atomically; a damaged or foreign file raises
+  :class:`CheckpointError` before anything is loaded.
 - :func:`rng_state` / :func:`set_rng_state`: torch (CPU and CUDA), NumPy and Python
   generators.
 - :func:`capture_env_state` / :func:`restore_env_state`: the exact state of a

@@ -1,4 +1,8 @@
-"""EpisodicMemory: a replay buffer of whole trajectories whose targets it refreshes."""
+"""EpisodicMemory: a replay buffer of whole trajectories whose targets it refreshes.
+
+Also :func:`replay_storage`, TorchRL's lazy storages whose checkpoints hold the
+transitions written rather than the capacity, and :func:`available_ram_bytes`.
+"""
 
 from __future__ import annotations
 
