@@ -17,8 +17,6 @@ from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequentia
 from torch import nn
 from torchrl.data import (
     Bounded,
-    LazyMemmapStorage,
-    LazyTensorStorage,
     RandomSampler,
     TensorDictReplayBuffer,
 )
@@ -35,6 +33,7 @@ from torchrl_gem import (
 )
 from torchrl_gem._ensemble import call_ensemble
 from torchrl_gem.estimator import default_twin_groups
+from torchrl_gem.memory import replay_storage
 from torchrl_gem.sil import SelfImitationHook, SelfImitationLoss
 from torchrl_gem.trainer import BulkTargetUpdateHook
 
@@ -363,10 +362,11 @@ def make_memory(cfg: DictConfig):
             check_finite=(),
             device=cfg.memory.device,
         )
-    storage = (
-        LazyTensorStorage(cfg.memory.capacity, device=cfg.memory.device)
-        if cfg.memory.storage == "tensor"
-        else LazyMemmapStorage(cfg.memory.capacity, scratch_dir=cfg.memory.scratch_dir)
+    storage = replay_storage(  # checkpointed: the rows written, not the capacity
+        cfg.memory.storage,
+        cfg.memory.capacity,
+        device=cfg.memory.device,
+        scratch_dir=cfg.memory.scratch_dir,
     )
     return TensorDictReplayBuffer(
         storage=storage, sampler=RandomSampler(), batch_size=cfg.optim.batch_size

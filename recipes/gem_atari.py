@@ -45,9 +45,10 @@ from atari_builders import (
 )
 from atari_config import ATARI_CONFIG, ATARI_DIR, check_atari_config
 from atari_config import load_atari_config as load_config  # noqa: F401 - for tests
-from interaction import EVAL_SEED_OFFSET, make_atari_env, make_collector
+from interaction import EVAL_SEED_OFFSET, collector_step, make_atari_env, make_collector
 from logs import make_logger
 from runs import (
+    check_memory_fits,
     finished_summary,
     read_resume,
     resolve_run_dir,
@@ -98,6 +99,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loss, greedy = make_agent(cfg, spec)
     memory = make_memory(cfg)
     policy = make_exploration_policy(cfg, greedy, spec)
+    check_memory_fits(cfg, memory, collector_step(train_env, policy))  # or stop now
     collector = make_collector(cfg, train_env, policy)
     run_dir = resolve_run_dir(cfg, resumed)
     run_dir.mkdir(parents=True, exist_ok=True)

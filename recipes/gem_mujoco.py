@@ -69,6 +69,7 @@ from config import (  # noqa: F401 - ConfigError, check_config: for tests
 from interaction import (
     EVAL_SEED_OFFSET,
     action_half_range,
+    collector_step,
     collector_steps,
     make_collector,
     make_env,
@@ -76,6 +77,7 @@ from interaction import (
 from launchers import check_launcher, sweep_threads
 from logs import make_logger
 from runs import (
+    check_memory_fits,
     finished_summary,
     read_resume,
     resolve_run_dir,
@@ -141,6 +143,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     policy = make_exploration_policy(
         actor, spec, cfg.collector.exploration_sigma * half_range
     )
+    check_memory_fits(cfg, memory, collector_step(train_env, policy))  # or stop now
     collector = make_collector(cfg, train_env, policy)
     actor_optim, critic_optim = make_optimizers(cfg, loss)
     critic_method, actor_method = STEP_METHODS[cfg.algo.loss]

@@ -156,6 +156,21 @@ def make_atari_env(cfg: DictConfig, seed: int, *, clip_rewards: bool) -> Transfo
     return env
 
 
+def collector_step(env, policy) -> TensorDictBase:
+    """One transition as the collector delivers it, zeros: the entries of ``env``'s
+    step, those ``policy`` writes but private ones (``_``-prefixed, which collectors
+    drop) and the trajectory id; what a replay memory stores per step. The random
+    numbers the policy draws are given back."""
+    step = env.fake_tensordict()
+    params = next(policy.parameters(), None)
+    with torch.random.fork_rng(), torch.no_grad():
+        step = policy(step if params is None else step.to(params.device))
+    parts = [(key,) if isinstance(key, str) else key for key in step.keys(True)]
+    step = step.exclude(*[p for p in parts if any(n.startswith("_") for n in p)])
+    step.set(TRAJ_KEY, torch.zeros((), dtype=torch.long, device=step.device))
+    return step
+
+
 # ---------------------------------------------------------------------------
 # Environments of the workers
 # ---------------------------------------------------------------------------

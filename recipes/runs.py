@@ -29,6 +29,7 @@ from torchrl_gem.checkpoint import (
     RunCheckpoint,
     StopSignal,
 )
+from torchrl_gem.memory import available_ram_bytes
 
 
 def seed_everything(seed: int, num_threads: int | None) -> None:
@@ -89,6 +90,38 @@ def finished_summary(path: Path | None, resumed: dict | None, total_frames: int)
         "frames": resumed["frames"],
         "run_dir": resumed["run_dir"],
     }
+
+
+def transition_bytes(memory, step) -> int:
+    """Bytes one transition takes in ``memory``; ``step``: one as the collector
+    delivers it (``interaction.collector_step``)."""
+    if hasattr(memory, "transition_bytes"):  # an EpisodicMemory: its bookkeeping too
+        return memory.transition_bytes(step)
+    leaves = step.values(include_nested=True, leaves_only=True)
+    return sum(leaf.nbytes for leaf in leaves) + 8  # + the int64 "index" it writes
+
+
+def check_memory_fits(cfg: DictConfig, memory, step) -> None:
+    """Refuse a memory in RAM whose ``memory.capacity`` transitions need more than
+    the RAM the OS reports available, before anything is collected.
+
+    ``step``: one transition as the collector delivers it. A memmap memory (on
+    disk) or one in GPU memory (``memory.device``) is not checked.
+    """
+    on_gpu = torch.device(cfg.memory.get("device", "cpu")).type != "cpu"
+    if cfg.memory.storage != "tensor" or on_gpu:
+        return
+    available = available_ram_bytes()
+    per_transition = transition_bytes(memory, step)
+    needed = cfg.memory.capacity * per_transition
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"memory.capacity: {cfg.memory.capacity} transitions of "
+            f"{per_transition} bytes need {needed} bytes ({needed / 1e9:.1f} GB) of "
+            f"RAM, and {available} bytes ({available / 1e9:.1f} GB) are available; "
+            f"use memory.capacity={available // per_transition} or less, or "
+            "memory.storage=memmap to keep the memory on disk (memory.scratch_dir)"
+        )
 
 
 def resolve_run_dir(cfg: DictConfig, resumed: dict | None) -> Path:
@@ -193,6 +226,7 @@ def train_with_checkpoints(
     resume_path, resumed = resume
     if resumed is not None:
         run_state.restore(resumed, resume_path)
+        del resumed["trainer"]  # loaded: the run would otherwise hold its memory twice
         print(f"Resumed {resume_path} at frame {trainer.collected_frames}.")
     start_logs(cfg, run_dir, logger, resumed=resumed is not None)
     return train_and_summarise(

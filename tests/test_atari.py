@@ -25,6 +25,7 @@ pytest.importorskip("hydra")
 import atari_builders  # noqa: E402 - recipes/ is on pytest's pythonpath
 import atari_config  # noqa: E402
 import gem_atari as recipe  # noqa: E402
+import runs  # noqa: E402
 from config import ConfigError, field_comments  # noqa: E402
 from interaction import PIXELS, make_atari_env, make_collector  # noqa: E402
 from torchrl_gem import EpisodicMemory  # noqa: E402
@@ -457,6 +458,22 @@ def test_resume_equals_uninterrupted_run(precision, tmp_path, monkeypatch):
     # the interruption fell inside an episode, which then continued exactly
     stopped_payload = read_checkpoint(tmp_path / "stopped.pt")
     assert int(stopped_payload["carrier"]["step_count"]) > 0
+
+
+def test_a_memory_beyond_the_available_ram_stops_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "available_ram_bytes", lambda: 10**6)
+    # Pong per transition: one 84x84 frame (7056); action one-hot and action_value
+    # over 6 actions (48 + 24), chosen_action_value, reward, episode_reward x 2
+    # (16), step_count x 2, trajectory id (24), done, terminated, truncated x 2 (6);
+    # the memory's returns and cached values (16), previous slot, depth, episode,
+    # stamp (32), occupied (1): 7223 bytes, what a stored slot holds
+    with pytest.raises(ConfigError) as err:
+        run(tiny("gem", tmp_path / "run"))  # memory.capacity=250
+    message = str(err.value)
+    assert message.startswith("memory.capacity: 250 transitions of 7223 bytes")
+    assert "need 1805750 bytes" in message and "1000000 bytes" in message
+    assert "memory.storage=memmap" in message
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_of_another_game_is_refused(tmp_path):

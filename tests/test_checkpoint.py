@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -40,6 +41,35 @@ def test_round_trip_and_damage(tmp_path):
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a torchrl-gem checkpoint"):
         read_checkpoint(path)
+
+
+def test_files_are_streamed_without_a_copy_of_the_payload(tmp_path):
+    """Writing and reading buffer a chunk, not the 16 MB payload: a BytesIO, its
+    value and ``header + data`` (or a whole-file read and its slice) would each
+    hold a copy in Python memory, which tracemalloc sees (tensors it does not)."""
+    path = tmp_path / "last.pt"
+    payload = {"memory": torch.arange(4_000_000, dtype=torch.float32)}
+    tracemalloc.start()
+    try:
+        write_checkpoint(path, payload)
+        _, write_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        loaded = read_checkpoint(path)
+        _, read_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert torch.equal(loaded["memory"], payload["memory"])
+    assert write_peak < 4e6 and read_peak < 4e6, (write_peak, read_peak)
+    assert path.stat().st_size > 16e6  # what was streamed: the whole payload
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    write_checkpoint(path, {"frames": 100})
+    with pytest.raises(Exception):  # noqa: B017 - pickling a lambda: any error
+        write_checkpoint(path, {"frames": 200, "hook": lambda: None})
+    assert read_checkpoint(path)["frames"] == 100
+    assert [file.name for file in tmp_path.iterdir()] == ["last.pt"]  # no .tmp
 
 
 def test_rng_state_round_trip():

@@ -6,10 +6,13 @@ import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.collectors import Collector
+from torchrl.data import LazyTensorStorage
 from torchrl.envs import GymEnv, SerialEnv, StepCounter, TransformedEnv
 
 from conftest import constant_value_estimator, tiny_loss
 from torchrl_gem import EpisodicMemory
+from torchrl_gem.checkpoint import write_checkpoint
+from torchrl_gem.frames import FrameEpisodicMemory
 
 
 class FakeCollector:
@@ -371,6 +374,81 @@ def test_checkpoint_round_trip(tmp_path, storage):
     for other_slots, other_sample in zip(slots[1:], samples[1:], strict=True):
         torch.testing.assert_close(other_slots, slots[0])
         torch.testing.assert_close(other_sample, samples[0])
+
+
+def frame_batch(steps, start, generator):
+    """``steps`` transitions of one running episode (trajectory 0) whose
+    observations stack 4 frames of 8x8, continuing at episode step ``start``."""
+    frames = torch.randint(
+        0, 256, (steps + 4, 8, 8), dtype=torch.uint8, generator=generator
+    )
+    stacks = torch.stack([frames[i : i + 4] for i in range(steps + 1)])
+    no = torch.zeros(steps, 1, dtype=torch.bool)
+    return TensorDict(
+        pixels=stacks[:-1],
+        action=torch.randn(steps, 2, generator=generator),
+        step_count=torch.arange(start, start + steps).unsqueeze(-1),
+        collector=TensorDict(traj_ids=torch.zeros(steps, dtype=torch.long)),
+        next=TensorDict(
+            pixels=stacks[1:],
+            reward=torch.randn(steps, 1, generator=generator),
+            done=no,
+            terminated=no,
+            truncated=no,
+        ),
+        batch_size=[steps],
+    )
+
+
+@pytest.mark.parametrize("kind", ["episodic", "frames"])
+def test_checkpoint_size_follows_the_stored_count(tmp_path, kind):
+    """A checkpoint holds the rows written (views, not copies), not the capacity."""
+    capacity, sizes = 20_000, {}
+    for count in (50, 250):
+        generator = torch.Generator().manual_seed(0)
+        if kind == "episodic":
+            memory, collector = EpisodicMemory(capacity=capacity), FakeCollector()
+            batches = [collector.batch(5) for _ in range(count // 10)]
+        else:
+            memory = FrameEpisodicMemory(capacity=capacity, sample_unrefreshed=True)
+            batches = [frame_batch(10, 10 * i, generator) for i in range(count // 10)]
+        for batch in batches:
+            memory.extend(batch)
+        assert len(memory) == count
+        storage = memory._writer.written()
+        slot_bytes = sum(v[0].nbytes for v in storage.values(True, True))
+        assert memory.transition_bytes(batches[0][..., 0]) == slot_bytes
+        state = memory.state_dict()
+        rows = state["_storage"]["_storage"]
+        for key, value in rows.items():
+            assert len(value) == count, key
+            assert value.untyped_storage().nbytes() == value.nbytes, key  # saved
+            own = storage.get(tuple(key.split(".")))
+            assert value.data_ptr() == own.data_ptr(), key  # no copy
+        path = tmp_path / f"{count}.pt"
+        write_checkpoint(path, state)
+        sizes[count] = path.stat().st_size
+    grown = sizes[250] - sizes[50]  # 200 more transitions
+    assert grown == pytest.approx(200 * slot_bytes, rel=0.05)
+    assert sizes[250] < 0.02 * capacity * slot_bytes  # a full memory's bytes
+
+
+def test_a_whole_capacity_state_of_older_checkpoints_loads():
+    """Checkpoints written before held the whole capacity: they load the same."""
+    memory = EpisodicMemory(capacity=30, batch_size=8)
+    collector = FakeCollector(num_envs=2, seed=5)
+    for _ in range(4):
+        memory.extend(collector.batch(3))
+    old = memory.state_dict()
+    old["_storage"] = LazyTensorStorage.state_dict(memory._storage)  # TorchRL's
+    assert all(len(v) == 30 for v in old["_storage"]["_storage"].values())
+    restored = EpisodicMemory(capacity=30, batch_size=8)
+    restored.load_state_dict(old)
+    assert len(restored) == len(memory) == 24
+    assert len(restored._storage._storage) == 30  # the same capacity
+    next_batch = collector.batch(6)  # fills it: the oldest episodes are evicted
+    assert torch.equal(restored.extend(next_batch.clone()), memory.extend(next_batch))
+    torch.testing.assert_close(stored(restored), stored(memory), equal_nan=True)
 
 
 def test_closed_episodes_do_not_continue_after_a_restart():

@@ -36,6 +36,7 @@ from torchrl.objectives import DDPGLoss, SACLoss, TD3Loss  # noqa: E402
 
 import builders  # noqa: E402 - recipes/ is on pytest's pythonpath
 import gem_mujoco as recipe  # noqa: E402
+import runs  # noqa: E402
 from analysis import plot  # noqa: E402
 from torchrl_gem import GEMLoss, compiling, precision  # noqa: E402
 from torchrl_gem.checkpoint import CheckpointError, read_checkpoint  # noqa: E402
@@ -441,6 +442,36 @@ def test_a_config_error_stops_before_any_work(tmp_path):
     with pytest.raises(recipe.ConfigError, match="^optim.gamma:"):
         run(tiny("gem", tmp_path / "run", "optim.gamma=1.5"))
     assert not (tmp_path / "run").exists()
+
+
+# Hopper-v5 stores per transition: observation and next observation (2 x 11 x 4),
+# action (3 x 4), reward, episode_reward x 2 (3 x 4), step_count x 2 (2 x 8), done,
+# terminated, truncated x 2 (6 x 1), the trajectory id (8): 142 bytes. A TorchRL
+# buffer adds its "index" (8); the episodic memory its twin returns (2 x 4), episode
+# id and arrival stamp (2 x 8) and occupied flag (1).
+@pytest.mark.parametrize("algo, per_transition", [("gem", 167), ("td3", 150)])
+def test_a_memory_beyond_the_available_ram_stops_before_any_work(
+    algo, per_transition, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(runs, "available_ram_bytes", lambda: 100_000)
+    needed = 1000 * per_transition  # tiny runs: memory.capacity=1000
+    with pytest.raises(recipe.ConfigError) as err:
+        run(tiny(algo, tmp_path / "run"))
+    message = str(err.value)
+    assert message.startswith(f"memory.capacity: 1000 transitions of {per_transition}")
+    assert f"need {needed} bytes" in message and "100000 bytes" in message
+    assert "memory.storage=memmap" in message
+    assert not (tmp_path / "run").exists()
+    # on disk, the capacity is not RAM's business
+    memmap = recipe.load_config(tiny(algo, tmp_path, "memory.storage=memmap"))
+    runs.check_memory_fits(memmap, memory=None, step=None)
+
+
+def test_the_checked_size_is_what_a_memory_slot_holds(resumed_runs):
+    """The size a run's check counts per transition is what its memory holds."""
+    storage = resumed_runs["stopped_payload"]["trainer"]["replay_buffer"]
+    rows = storage["replay_buffer"]["_storage"]["_storage"]
+    assert sum(value[0].nbytes for value in rows.values()) == 167
 
 
 class _NaNRewardAt(Transform):

@@ -1,8 +1,9 @@
 """Interruptible runs: self-checking checkpoint files, RNG and MuJoCo states, a hook.
 
 - :func:`write_checkpoint` / :func:`read_checkpoint`: one file per checkpoint,
-  ``MAGIC | sha256 | length | torch.save(payload)``, written atomically; a damaged
-  or foreign file raises :class:`CheckpointError` before anything is loaded.
+  ``MAGIC | sha256 | length | torch.save(payload)``, streamed (no copy of the payload
+  in RAM) and written atomically; a damaged or foreign file raises
+  :class:`CheckpointError` before anything is loaded.
 - :func:`rng_state` / :func:`set_rng_state`: torch (CPU and CUDA), NumPy and Python
   generators.
 - :func:`capture_env_state` / :func:`restore_env_state`: the exact state of a
@@ -17,7 +18,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import random
 import signal
@@ -64,18 +64,58 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used by this run; nothing has been loaded."""
 
 
+HEADER_SIZE = len(MAGIC) + 32 + 8  # magic, sha256 of the payload, its length
+_CHUNK = 1 << 20  # bytes hashed at a time when a checkpoint is read
+
+
+class _HashingWriter:
+    """A file-like sink that hashes and counts what passes on to ``file``."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+        self.sha256 = hashlib.sha256()
+        self.length = 0
+
+    def write(self, data) -> int:
+        self.file.write(data)
+        self.sha256.update(data)
+        size = memoryview(data).nbytes
+        self.length += size
+        return size
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 def write_checkpoint(path: Path, payload: dict) -> None:
-    """``MAGIC | sha256 | length | torch.save(payload)``, via a temporary file."""
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    data = buffer.getvalue()
-    header = MAGIC + hashlib.sha256(data).digest() + len(data).to_bytes(8, "little")
+    """``MAGIC | sha256 | length | torch.save(payload)``, via a temporary file.
+
+    ``torch.save`` streams into the file, hashed and counted on the way (the
+    payload is never copied into one buffer); the header is filled in last, and
+    the file replaces ``path`` only once complete and synced.
+
+    Examples:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = Path(folder) / "last.pt"
+        ...     write_checkpoint(path, {"frames": 300, "weights": torch.ones(2)})
+        ...     read_checkpoint(path, required=["frames"])["frames"]
+        300
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as file:
-        file.write(header + data)
-        file.flush()
-        os.fsync(file.fileno())
+    try:
+        with open(tmp, "wb") as file:
+            file.write(MAGIC + bytes(HEADER_SIZE - len(MAGIC)))  # filled in below
+            body = _HashingWriter(file)
+            torch.save(payload, body)
+            file.seek(len(MAGIC))
+            file.write(body.sha256.digest() + body.length.to_bytes(8, "little"))
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a partial file (disk full, interrupt) is no use
+        raise
     os.replace(tmp, path)
 
 
@@ -84,31 +124,43 @@ def read_checkpoint(path: Path, required: Iterable[str] = ()) -> dict:
 
     Raises :class:`CheckpointError` on any damage (foreign file, truncation,
     checksum mismatch, unreadable payload) or when a ``required`` key is missing.
+    The file is hashed a chunk at a time, then loaded straight from it: the
+    payload is held once, as the loaded tensors.
     """
-    blob = path.read_bytes()
-    if not blob.startswith(MAGIC):
-        raise CheckpointError(f"{path} is not a torchrl-gem checkpoint.")
-    start = len(MAGIC) + 32 + 8
-    if len(blob) < start:
-        raise CheckpointError(f"{path} is truncated (header incomplete).")
-    digest = blob[len(MAGIC) : len(MAGIC) + 32]
-    length = int.from_bytes(blob[len(MAGIC) + 32 : start], "little")
-    data = blob[start:]
-    if len(data) != length:
-        raise CheckpointError(
-            f"{path} is truncated or corrupt: {len(data)} payload bytes, "
-            f"{length} expected."
-        )
-    if hashlib.sha256(data).digest() != digest:
-        raise CheckpointError(f"{path} is corrupt: checksum mismatch.")
-    try:  # onto the CPU: a run saved on a GPU resumes on any machine
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - reported as an unusable checkpoint
-        raise CheckpointError(f"{path} cannot be read: {err}") from err
+    with open(path, "rb") as file:
+        if file.read(len(MAGIC)) != MAGIC:
+            raise CheckpointError(f"{path} is not a torchrl-gem checkpoint.")
+        header = file.read(HEADER_SIZE - len(MAGIC))
+        if len(header) < HEADER_SIZE - len(MAGIC):
+            raise CheckpointError(f"{path} is truncated (header incomplete).")
+        digest, length = header[:32], int.from_bytes(header[32:], "little")
+        size = os.fstat(file.fileno()).st_size - HEADER_SIZE
+        if size != length:
+            raise CheckpointError(
+                f"{path} is truncated or corrupt: {size} payload bytes, "
+                f"{length} expected."
+            )
+        if _sha256(file) != digest:
+            raise CheckpointError(f"{path} is corrupt: checksum mismatch.")
+        file.seek(HEADER_SIZE)  # torch.load reads the archive from here on
+        try:  # onto the CPU: a run saved on a GPU resumes on any machine
+            payload = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - reported as an unusable checkpoint
+            raise CheckpointError(f"{path} cannot be read: {err}") from err
     missing = set(required) - (set(payload) if isinstance(payload, dict) else set())
     if missing:
         raise CheckpointError(f"{path} lacks {sorted(missing)}.")
     return payload
+
+
+def _sha256(file) -> bytes:
+    """The sha256 of the rest of ``file``, read a chunk at a time."""
+    digest = hashlib.sha256()
+    chunk = bytearray(_CHUNK)
+    view = memoryview(chunk)
+    while size := file.readinto(chunk):
+        digest.update(view[:size])
+    return digest.digest()
 
 
 def rng_state() -> dict[str, Any]:

@@ -34,6 +34,7 @@ FRAME = ("_frames", "frame")  # newest frame of ("next", pixels)
 PREV = ("_frames", "prev")  # slot of the episode's previous step, -1 at its start
 DEPTH = ("_frames", "depth")  # steps stored before this one in its episode
 VALUE = ("_frames", "value")  # cached V^k(s'), NaN until computed with the targets
+LINK_BYTES = 8 + 8 + 2 * 4  # PREV, DEPTH (int64) and VALUE (2 float32) per slot
 
 
 class FrameEpisodicMemory(EpisodicMemory):
@@ -324,6 +325,30 @@ class FrameEpisodicMemory(EpisodicMemory):
         return returns.to(stored.get(self.memory_return_key).dtype)
 
     # ---------------------------------------------------------- sizes, state
+    def transition_bytes(self, step: TensorDictBase) -> int:
+        """Bytes that one stored transition takes: one frame instead of the two
+        stacks of ``step``, its other entries, and the memory's own (see
+        :meth:`EpisodicMemory.transition_bytes`). The start stack of each stored
+        episode comes on top (``num_frames`` frames per episode).
+
+        Examples:
+            >>> import torch
+            >>> from tensordict import TensorDict
+            >>> step = TensorDict(
+            ...     pixels=torch.zeros(4, 84, 84, dtype=torch.uint8),
+            ...     collector=TensorDict(traj_ids=torch.zeros((), dtype=torch.long)),
+            ...     next=TensorDict(pixels=torch.zeros(4, 84, 84, dtype=torch.uint8),
+            ...                     reward=torch.zeros(1),
+            ...                     done=torch.zeros(1, dtype=torch.bool)))
+            >>> FrameEpisodicMemory(capacity=10).transition_bytes(step)  # 84 * 84 + 62
+            7118
+        """
+        step = step.reshape(-1)[0]
+        pixels = step.get(self.pixels_key)
+        frame = pixels.numel() // self.num_frames * pixels.element_size()
+        rest = step.exclude(self.pixels_key, self.next_pixels_key)
+        return super().transition_bytes(rest) + frame + LINK_BYTES
+
     def stored_pixels_bytes(self) -> int:
         """Bytes of pixel data held: the frames of the stored transitions plus the
         start stacks of the stored episodes."""

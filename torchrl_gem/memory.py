@@ -1,32 +1,137 @@
-"""EpisodicMemory: a replay buffer of whole trajectories whose targets it refreshes."""
+"""EpisodicMemory: a replay buffer of whole trajectories whose targets it refreshes.
+
+Also :func:`replay_storage`, TorchRL's lazy storages whose checkpoints hold the
+transitions written rather than the capacity, and :func:`available_ram_bytes`.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tensordict import NestedKey, TensorDictBase
+from tensordict import NestedKey, TensorDict, TensorDictBase, is_tensor_collection
 from torchrl import timeit
 from torchrl.data import (
     LazyMemmapStorage,
     LazyTensorStorage,
     TensorDictReplayBuffer,
 )
-from torchrl.data.replay_buffers import Sampler, Writer
+from torchrl.data.replay_buffers import Sampler, Storage, Writer
 
 from torchrl_gem.estimator import TwinBackPropEstimator, check_memory_return
 from torchrl_gem.functional import discounted_returns
 
-__all__ = ["EpisodicMemory"]
+__all__ = ["EpisodicMemory", "available_ram_bytes", "replay_storage"]
 
 # Per-slot bookkeeping lives in the storage itself, so dumps/loads and state_dict
 # carry it with the data.
 EPISODE = ("_memory", "episode")  # internal episode id, unique for the memory's life
 STAMP = ("_memory", "stamp")  # arrival order: sorts the steps of an episode
 OCCUPIED = ("_memory", "occupied")  # False once the slot's episode is evicted
+BOOKKEEPING_BYTES = 8 + 8 + 1  # EPISODE, STAMP (int64) and OCCUPIED (bool) per slot
+
+
+class _StoredRows:
+    """For TorchRL's lazy storages: a state dict of the rows written, not of the
+    capacity.
+
+    A lazy storage allocates its whole capacity at the first write (untouched
+    pages until written), but its state dict holds the whole capacity, which
+    ``torch.save`` would write. Here it holds the first ``len(storage)`` rows (the
+    ones a round-robin or :class:`EpisodeWriter` has written), as views on storages
+    of exactly their bytes: saving copies nothing. Loading allocates the capacity
+    from the first row and copies the rows in; a state dict of the whole capacity
+    (checkpoints written before) loads the same way.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.initialized and is_tensor_collection(self._storage):
+            rows = self._storage[: len(self)]
+            state["_storage"] = rows.apply(_own_storage).state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not isinstance(state_dict["_storage"], dict):  # a tensor storage
+            super().load_state_dict(state_dict)
+            return
+        written = int(state_dict["_len"])
+        if written:
+            rows = TensorDict().load_state_dict(state_dict["_storage"], strict=False)
+            rows = rows.auto_batch_size_(batch_dims=1)[:written]
+            self.set(slice(0, written), rows, set_cursor=False)  # allocates once
+        self._len = written
+
+
+def _own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on a storage of exactly its bytes, sharing its memory.
+
+    ``torch.save`` writes the whole storage of a tensor: for a view of the first
+    rows of a memory, its whole capacity.
+    """
+    if not tensor.is_contiguous():  # never for a storage's rows; a copy then
+        return tensor.contiguous()
+    start = tensor.storage_offset() * tensor.element_size()
+    own = tensor.untyped_storage()[start : start + tensor.nbytes]
+    return torch.empty(0, dtype=tensor.dtype, device=tensor.device).set_(
+        own, 0, tensor.shape
+    )
+
+
+class _StoredRowsTensorStorage(_StoredRows, LazyTensorStorage):
+    """A :class:`~torchrl.data.LazyTensorStorage` checkpointing the rows written."""
+
+
+class _StoredRowsMemmapStorage(_StoredRows, LazyMemmapStorage):
+    """A :class:`~torchrl.data.LazyMemmapStorage` checkpointing the rows written."""
+
+
+def replay_storage(
+    kind: Literal["tensor", "memmap"],
+    capacity: int,
+    *,
+    device: torch.device | str | None = None,
+    scratch_dir: str | None = None,
+) -> Storage:
+    """TorchRL's lazy storage of ``capacity`` rows, in RAM (``"tensor"``, on
+    ``device``) or on disk (``"memmap"``, under ``scratch_dir``), whose state dict
+    (a checkpoint's memory) holds the rows written, not the capacity.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.data import TensorDictReplayBuffer
+        >>> buffer = TensorDictReplayBuffer(storage=replay_storage("tensor", 1000))
+        >>> _ = buffer.extend(TensorDict(x=torch.arange(3.0), batch_size=[3]))
+        >>> state = buffer.state_dict()["_storage"]
+        >>> state["_len"], state["_storage"]["x"].untyped_storage().nbytes()
+        (3, 12)
+    """
+    if kind == "tensor":
+        return _StoredRowsTensorStorage(capacity, device=device or "cpu")
+    if kind == "memmap":
+        return _StoredRowsMemmapStorage(capacity, scratch_dir=scratch_dir)
+    raise ValueError(f"storage must be 'tensor' or 'memmap', got {kind!r}.")
+
+
+def available_ram_bytes() -> int | None:
+    """The RAM the OS reports available for new work: Linux's ``MemAvailable``
+    (free memory plus reclaimable caches), else the free pages (``os.sysconf``);
+    ``None`` where neither is known."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # reported in kiB
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 class EpisodeWriter(Writer):
@@ -316,12 +421,9 @@ class EpisodicMemory(TensorDictReplayBuffer):
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}.")
-        if storage == "tensor":
-            backend = LazyTensorStorage(capacity, device=device or "cpu")
-        elif storage == "memmap":
-            backend = LazyMemmapStorage(capacity, scratch_dir=scratch_dir)
-        else:
-            raise ValueError(f"storage must be 'tensor' or 'memmap', got {storage!r}.")
+        backend = replay_storage(
+            storage, capacity, device=device, scratch_dir=scratch_dir
+        )
         writer = EpisodeWriter(trajectory_key, done_key)
         super().__init__(
             storage=backend,
@@ -352,6 +454,33 @@ class EpisodicMemory(TensorDictReplayBuffer):
     def __len__(self) -> int:
         """Number of stored transitions."""
         return len(self._writer.occupied_slots())
+
+    def transition_bytes(self, step: TensorDictBase) -> int:
+        """Bytes that one stored transition takes: the entries of ``step`` (one
+        transition as the collector delivers it, e.g. zeros from the env's
+        ``fake_tensordict()`` with the trajectory id) plus the memory's own.
+
+        ``capacity`` times this is what a full memory holds.
+
+        Examples:
+            >>> import torch
+            >>> from tensordict import TensorDict
+            >>> step = TensorDict(
+            ...     observation=torch.zeros(3),  # 12 bytes, and 12 for the next one
+            ...     collector=TensorDict(traj_ids=torch.zeros((), dtype=torch.long)),
+            ...     next=TensorDict(observation=torch.zeros(3),
+            ...                     reward=torch.zeros(1),
+            ...                     done=torch.zeros(1, dtype=torch.bool)))
+            >>> EpisodicMemory(capacity=10).transition_bytes(step)  # 37 + 8 + 17
+            62
+        """
+        step = step.reshape(-1)[0]  # one transition
+        size = sum(
+            value.nbytes for value in step.values(include_nested=True, leaves_only=True)
+        )
+        if self.memory_return_key not in step.keys(include_nested=True):
+            size += 2 * step.get(self.reward_key).element_size()  # the twin returns
+        return size + BOOKKEEPING_BYTES
 
     def sampleable(self, *keys: NestedKey) -> tuple[torch.Tensor, TensorDictBase]:
         """The slots :meth:`sample` draws from (refreshed transitions) and their
