@@ -18,6 +18,12 @@ from torchrl.data import Bounded  # noqa: E402
 
 from torchrl_gem import GEMLoss, make_gem_actor, make_gem_critics  # noqa: E402
 
+# pytest-xdist (`-n auto`, pyproject's addopts): each worker its share of the cores,
+# as OpenMP threads that wait for a busy core spin (benchmarks/threads.py: 7-50x)
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // _workers))
+
 OBS, ACT = 3, 2
 SPEC = Bounded(-1.0, 1.0, shape=(ACT,))
 
