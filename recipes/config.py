@@ -995,6 +995,22 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested dict (:func:`plain`'s), lists kept as values.
+
+    Examples:
+        >>> flatten({"algo": {"loss": "td3", "sizes": [1, 2]}, "seed": 0})
+        {'algo.loss': 'td3', 'algo.sizes': [1, 2], 'seed': 0}
+    """
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _chain(err: BaseException | None):
     seen = set()
     while err is not None and id(err) not in seen:

@@ -184,16 +184,6 @@ def test_variant_files_reproduce_the_old_presets(algo):
     assert algo_values == dict(zip(PRESET_KEYS, PRESETS[algo], strict=True))
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 @pytest.mark.parametrize("algo", ALGOS)
 def test_shared_sections_resolve_as_before(algo):
     """Parity: gem, td3 and the ablations resolve every shared value as before the
@@ -201,9 +191,9 @@ def test_shared_sections_resolve_as_before(algo):
     values = recipe_config.plain(recipe_config.load_config([f"algo={algo}"]))
     assert values.pop("sil") == SIL_DEFAULTS
     del values["algo"]
-    expected = _flat(OLD_SECTIONS)
+    expected = recipe_config.flatten(OLD_SECTIONS)
     expected.update(SHARED_OVERRIDES.get(algo, {}))
-    assert _flat(values) == expected
+    assert recipe_config.flatten(values) == expected
 
 
 def test_other_sections_keep_the_old_defaults():

@@ -68,17 +68,6 @@ def yaml_text(value: Any) -> str:
     return str(value)
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"algo": {"loss": "td3"}}`` -> ``{"algo.loss": "td3"}`` (lists are values)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def header_comment(path: Path) -> str:
     """The ``#`` lines that open a preset file, joined (the package line left out)."""
     lines = []
@@ -119,7 +108,7 @@ def value_comments(path: Path) -> tuple[dict[str, str], list[str]]:
 @functools.cache
 def composed(recipe: Recipe, preset: str) -> dict[str, Any]:
     """The config of ``algo=preset``, flat: ``{"optim.batch_size": 128, ...}``."""
-    return flatten(config.plain(recipe.load([f"algo={preset}"])))
+    return config.flatten(config.plain(recipe.load([f"algo={preset}"])))
 
 
 def preset_changes(recipe: Recipe, name: str) -> list[tuple[str, Any, Any, str]]:
