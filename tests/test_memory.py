@@ -343,6 +343,21 @@ def test_sampling_covers_only_stored_transitions():
     assert sample["memory_return"].shape == (512, 2)
 
 
+def test_a_memmap_memory_resumes_into_the_folder_it_wrote(tmp_path):
+    # a resumed run names the same memory.scratch_dir, whose files are still there
+    kwargs = {"capacity": 30, "batch_size": 8, "storage": "memmap"}
+    memory = EpisodicMemory(**kwargs, scratch_dir=tmp_path / "memory")
+    collector = FakeCollector(num_envs=2, seed=5)
+    for _ in range(4):
+        memory.extend(collector.batch(3))
+    state = memory.state_dict()
+    expected = stored(memory)["observation"].clone()
+    resumed = EpisodicMemory(**kwargs, scratch_dir=tmp_path / "memory")
+    resumed.load_state_dict(state)
+    assert len(resumed) == len(memory)
+    torch.testing.assert_close(stored(resumed)["observation"], expected)
+
+
 @pytest.mark.parametrize("storage", ["tensor", "memmap"])
 def test_checkpoint_round_trip(tmp_path, storage):
     estimator = tiny_loss().make_value_estimator(gamma=0.9).value_estimator

@@ -113,7 +113,10 @@ def replay_storage(
     if kind == "tensor":
         return _StoredRowsTensorStorage(capacity, device=device or "cpu")
     if kind == "memmap":
-        return _StoredRowsMemmapStorage(capacity, scratch_dir=scratch_dir)
+        # existsok: a resumed run reopens the folder its interrupted run wrote
+        return _StoredRowsMemmapStorage(
+            capacity, scratch_dir=scratch_dir, existsok=True
+        )
     raise ValueError(f"storage must be 'tensor' or 'memmap', got {kind!r}.")
 
 
