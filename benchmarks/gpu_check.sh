@@ -93,9 +93,10 @@ if [ "$smoke" = 1 ]; then
     refresh_sizes="--episodes 2 --steps 50 --repeat 1 --sizes 1000 --updates 2 \
         --threads 1"
 else
-    # CUBLAS_WORKSPACE_CONFIG: deterministic cuBLAS, for the exact-resume test
+    # CUBLAS_WORKSPACE_CONFIG: deterministic cuBLAS, for the exact-resume test;
+    # -o addopts: in this process (the GPU machine has no pytest-xdist for -n auto)
     step tests 140 "CUBLAS_WORKSPACE_CONFIG=:4096:8 $python -m pytest -q \
-        -p no:cacheprovider -rs --durations=15 tests/test_device.py \
+        -o addopts='--tb=short' -p no:cacheprovider -rs --durations=15 tests/test_device.py \
         -k 'not gpu_check_script'"
     # benchmarks/README.md's 'measure before booking' run, in the paper's sizes
     gem_sizes="collector.total_frames=20000 collector.init_random_frames=5000 \

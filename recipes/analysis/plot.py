@@ -800,6 +800,14 @@ def plot_runs(
     return table
 
 
+def window(text: str) -> tuple[int, int]:
+    """``"LOW:HIGH"`` frames, ``LOW <= HIGH`` (``--per-run``)."""
+    low, sep, high = text.partition(":")
+    if not sep or not low.isdigit() or not high.isdigit() or int(low) > int(high):
+        raise argparse.ArgumentTypeError(f"expected LOW:HIGH frames, got {text!r}")
+    return int(low), int(high)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -840,7 +848,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--per-run",
         metavar="LOW:HIGH",
-        type=lambda text: tuple(int(x) for x in text.split(":")),
+        type=window,
         help="also print every run's frames, score, final evaluation and the mean of "
         "its evaluations between LOW and HIGH frames (a published budget's figure)",
     )
