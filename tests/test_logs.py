@@ -273,6 +273,21 @@ def test_plot_run_scores_table_by_hand(tmp_path):
     assert table.index("| gem |") < table.index("| td3 |")  # sorted rows
 
 
+def test_plot_stats_before_any_run_finished_says_so(tmp_path, capsys):
+    # a study whose runs are all still going: no empty statistics tables, the runs'
+    # own tables still printed
+    write_run(tmp_path, "Ant-v5", "gem", 0, 1000, {"eval/return_mean": [(0, 1.0)]})
+    write_run(tmp_path, "Ant-v5", "td3", 0, 1000, {"eval/return_mean": [(0, 2.0)]})
+    out_png = tmp_path / "s.png"
+    plot.main(
+        [str(tmp_path), "--stats", "gem", "--per-run", "0:0", "--out", str(out_png)]
+    )
+    out = capsys.readouterr().out
+    assert "No run has finished: no statistics yet." in out
+    assert "IQM [95% CI]" not in out and "\n| algorithm |" not in out
+    assert "| Ant-v5 | td3 | 0 | 0 | 2.0 | 2.0 | 2.0 |" in out
+
+
 def test_plot_clean_rewrites_repeated_steps(tmp_path, capsys):
     run_dir = fake_run(tmp_path, CURVE, TIMER)
     plot.main([str(tmp_path), "--clean", "--out", str(tmp_path / "c.png")])

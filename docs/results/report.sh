@@ -112,20 +112,18 @@ if compgen -G "$results/atari/*/*/seed*/run_info.json" >/dev/null; then
   echo "wrote $results/atari.md and atari.png"
 fi
 if compgen -G "$results/runs_1m/*/*/seed*/run_info.json" >/dev/null; then
+  # the published references: the protocol's table (README.md), kept there alone
+  published=$(sed -n '/^| | HalfCheetah | Ant | source |$/,/^$/p' "$results/README.md")
+  if [[ -z $published ]]; then
+    echo "report.sh: README.md lost its table of published 1M-frame figures" >&2
+    exit 1
+  fi
   {
     generated
     echo
     echo "Published figures at 1M frames (300k in brackets), beside the tables below:"
     echo
-    echo "| | HalfCheetah | Ant | source |"
-    echo "|---|---:|---:|---|"
-    echo "| GEM (paper, v2) | ~12,000 | ~6,000 | the paper's figures |"
-    echo "| TD3 (v1, 10 seeds, evaluation return) | 9,567 (7,697) | 4,243 (1,954) |" \
-      "the TD3 authors' learning curves |"
-    echo "| SAC (v4, 10 seeds) | 11,321 (8,593) | 5,734 (3,532) | SimbaV2's baselines |"
-    echo "| CrossQ (v4, 10 seeds) | 12,893 (10,012) | 6,980 (5,712) |" \
-      "SimbaV2's baselines |"
-    echo "| TD3 (v4, 3 seeds, training return) | 9,583 | - | CleanRL's benchmark |"
+    echo "$published"
     echo
     python recipes/analysis/plot.py "$results/runs_1m" --stats gem \
       --per-run 290000:310000 --phases 1000000 --out "$results/runs_1m.png"

@@ -7,6 +7,7 @@
 - ``reevaluate``: a run's saved actors evaluated again, with more episodes;
 - ``random_scores``: the uniform random policy's returns, the normalisation's 0.
 
-Each is a command, ``python recipes/analysis/<tool>.py --help``; the recipes import
-``analysis.plot`` to draw a run's curves at its end.
+Each but ``stats`` (the library the others compute with) is a command, ``python
+recipes/analysis/<tool>.py --help``; the recipes import ``analysis.plot`` to draw a
+run's curves at its end.
 """

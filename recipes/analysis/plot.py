@@ -103,6 +103,7 @@ NORMALISATION = {
     "Hopper-v5": Normalisation(19.8, 3564.07, TD3_BEST),
     "Walker2d-v5": Normalisation(1.1, 4682.82, TD3_BEST),
     "HalfCheetah-v5": Normalisation(-283.4, 9636.95, TD3_BEST),
+    "Ant-v5": Normalisation(-50.7, 4372.44, TD3_BEST),
     "ALE/Frostbite-v5": Normalisation(65.2, 4334.7, HUMAN),
     "ALE/MsPacman-v5": Normalisation(307.3, 6951.6, HUMAN),
 }
@@ -876,13 +877,16 @@ def main(argv=None) -> None:
         groups, left_out = finished_runs(runs, args.metric)
         for note in left_out:
             print(f"- {note}")
-        print(paper_table(groups, precisions(runs)))
-        table = stats_table(groups, args.stats, others_improve=args.others_improve)
-        print("\n" + table + "\n")
-        out = Path(args.out)
-        profile = plot_profiles(groups, out.with_name(out.stem + "_profile.png"))
-        if profile:
-            print(f"wrote {profile}\n")
+        if groups:
+            print(paper_table(groups, precisions(runs)))
+            table = stats_table(groups, args.stats, others_improve=args.others_improve)
+            print("\n" + table + "\n")
+            out = Path(args.out)
+            profile = plot_profiles(groups, out.with_name(out.stem + "_profile.png"))
+            if profile:
+                print(f"wrote {profile}\n")
+        else:  # the runs' own tables below still say where each one is
+            print("\nNo run has finished: no statistics yet.\n")
     if args.per_run:
         print(run_scores_table(labelled_runs(args.runs), args.per_run) + "\n")
     if args.phases:
