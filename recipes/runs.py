@@ -103,7 +103,8 @@ def transition_bytes(memory, step) -> int:
 
 def check_memory_fits(cfg: DictConfig, memory, step) -> None:
     """Refuse a memory in RAM whose ``memory.capacity`` transitions need more than
-    the RAM the OS reports available, before anything is collected.
+    the RAM available (``available_ram_bytes``: the OS's figure, lowered to the
+    cgroup's limit), before anything is collected.
 
     ``step``: one transition as the collector delivers it. A memmap memory (on
     disk) or one in GPU memory (``memory.device``) is not checked.

@@ -13,6 +13,7 @@ from conftest import constant_value_estimator, tiny_loss
 from torchrl_gem import EpisodicMemory
 from torchrl_gem.checkpoint import write_checkpoint
 from torchrl_gem.frames import FrameEpisodicMemory
+from torchrl_gem.memory import cgroup_headroom_bytes
 
 
 class FakeCollector:
@@ -574,3 +575,77 @@ def test_sampleable_gives_the_refreshed_slots_and_their_entries():
     torch.testing.assert_close(
         entries["memory_return"], memory.storage[first]["memory_return"]
     )
+
+
+def write_cgroup(folder, files: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def v2_level(limit: str, usage: int, inactive_file: int = 0) -> dict:
+    stat = f"anon 7\ninactive_file {inactive_file}\nactive_file 5\n"
+    return {"memory.max": limit, "memory.current": f"{usage}\n", "memory.stat": stat}
+
+
+def test_cgroup_v2_headroom_is_the_limit_less_what_cannot_be_reclaimed(tmp_path):
+    # a container's own cgroup at the mount's root: 1,000,000 - (600,000 - 100,000)
+    root, membership = tmp_path / "cgroup", tmp_path / "membership"
+    write_cgroup(root, {"cgroup.controllers": "cpu memory\n"})
+    write_cgroup(root, v2_level("1000000\n", 600_000, inactive_file=100_000))
+    membership.write_text("0::/\n")
+    assert cgroup_headroom_bytes(root, membership) == 500_000
+    # a path the namespace hides: the mount's own files are the container's
+    membership.write_text("0::/elsewhere\n")
+    assert cgroup_headroom_bytes(root, membership) == 500_000
+
+
+def test_cgroup_v2_headroom_is_the_tightest_over_the_ancestors(tmp_path):
+    # a Slurm-like tree: the job's limit (800 - 300) binds its unlimited step...
+    root, membership = tmp_path / "cgroup", tmp_path / "membership"
+    write_cgroup(root, {"cgroup.controllers": "memory\n", **v2_level("max", 10**9)})
+    write_cgroup(root / "job", v2_level("800", 300))
+    write_cgroup(root / "job" / "step", v2_level("max\n", 200))
+    membership.write_text("0::/job/step\n")
+    assert cgroup_headroom_bytes(root, membership) == 500
+    # ...and a step limited more tightly (1000 - 950) binds the job
+    write_cgroup(root / "job" / "step", v2_level("1000", 950))
+    assert cgroup_headroom_bytes(root, membership) == 50
+    # over its limit (the cache reclaimable only in part): no room, not negative
+    write_cgroup(root / "job" / "step", v2_level("1000", 1200, inactive_file=100))
+    assert cgroup_headroom_bytes(root, membership) == 0
+
+
+def test_cgroup_v1_headroom_and_no_limit(tmp_path):
+    root, membership = tmp_path / "cgroup", tmp_path / "membership"
+    job = root / "memory" / "job"
+    write_cgroup(
+        job,
+        {
+            "memory.limit_in_bytes": "4096\n",
+            "memory.usage_in_bytes": "3000\n",
+            "memory.stat": "cache 900\ntotal_inactive_file 1000\n",
+        },
+    )
+    unlimited = {"memory.limit_in_bytes": "9223372036854771712\n"}
+    write_cgroup(root / "memory", {**unlimited, "memory.usage_in_bytes": "99\n"})
+    membership.write_text("5:cpu,cpuacct:/\n4:memory:/job\n0::/\n")
+    assert cgroup_headroom_bytes(root, membership) == 4096 - (3000 - 1000)
+    # no limit anywhere, no memory controller, no membership file: nothing known
+    write_cgroup(job, unlimited)
+    assert cgroup_headroom_bytes(root, membership) is None
+    membership.write_text("5:cpu,cpuacct:/\n")
+    assert cgroup_headroom_bytes(root, membership) is None
+    assert cgroup_headroom_bytes(root, tmp_path / "missing") is None
+
+
+def test_available_ram_is_lowered_to_the_cgroups_headroom(monkeypatch):
+    from torchrl_gem import memory
+
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: 10**10)
+    monkeypatch.setattr(memory, "cgroup_headroom_bytes", lambda: 123)
+    assert memory.available_ram_bytes() == 123
+    monkeypatch.setattr(memory, "cgroup_headroom_bytes", lambda: None)
+    assert memory.available_ram_bytes() == 10**10
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: None)
+    assert memory.available_ram_bytes() is None

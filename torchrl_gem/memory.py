@@ -1,7 +1,8 @@
 """EpisodicMemory: a replay buffer of whole trajectories whose targets it refreshes.
 
 Also :func:`replay_storage`, TorchRL's lazy storages whose checkpoints hold the
-transitions written rather than the capacity, and :func:`available_ram_bytes`.
+transitions written rather than the capacity, and :func:`available_ram_bytes` (with
+:func:`cgroup_headroom_bytes`) for the recipes' check that a memory fits.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ from torchrl.data.replay_buffers import Sampler, Storage, Writer
 from torchrl_gem.estimator import TwinBackPropEstimator, check_memory_return
 from torchrl_gem.functional import discounted_returns
 
-__all__ = ["EpisodicMemory", "available_ram_bytes", "replay_storage"]
+__all__ = [
+    "EpisodicMemory",
+    "available_ram_bytes",
+    "cgroup_headroom_bytes",
+    "replay_storage",
+]
 
 # Per-slot bookkeeping lives in the storage itself, so dumps/loads and state_dict
 # carry it with the data.
@@ -121,9 +127,20 @@ def replay_storage(
 
 
 def available_ram_bytes() -> int | None:
-    """The RAM the OS reports available for new work: Linux's ``MemAvailable``
-    (free memory plus reclaimable caches), else the free pages (``os.sysconf``);
-    ``None`` where neither is known."""
+    """The RAM available for new work: Linux's ``MemAvailable`` (free memory plus
+    reclaimable caches), else the free pages (``os.sysconf``), lowered to what the
+    process's memory cgroup still allows (:func:`cgroup_headroom_bytes`: a
+    container's or a Slurm job's limit, which ``MemAvailable`` does not see);
+    ``None`` where nothing is known."""
+    known = [
+        value
+        for value in (_meminfo_available(), cgroup_headroom_bytes())
+        if value is not None
+    ]
+    return min(known, default=None)
+
+
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as meminfo:
             for line in meminfo:
@@ -135,6 +152,74 @@ def available_ram_bytes() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+# A cgroup's files: (limit, usage, its memory.stat line of reclaimable file cache)
+_CGROUP_V2 = ("memory.max", "memory.current", "inactive_file")
+_CGROUP_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+_NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def cgroup_headroom_bytes(
+    root: str | Path = "/sys/fs/cgroup", membership: str | Path = "/proc/self/cgroup"
+) -> int | None:
+    """What the process's memory cgroup still lets it allocate, ``None`` where no
+    limit is set or none can be read.
+
+    The tightest over the cgroup and its ancestors (a Slurm job's limit sits above
+    its steps') of the limit less the memory that cannot be reclaimed (usage less
+    inactive file cache, as container runtimes count it). Reads cgroup v2 where
+    ``root`` is its mount, else v1's memory controller; a path that the namespace
+    hides falls back to ``root``'s own files (a container's).
+    """
+    root = Path(root)
+    try:
+        lines = Path(membership).read_text().splitlines()
+    except OSError:
+        return None
+    if (root / "cgroup.controllers").is_file():  # cgroup v2
+        mount, files = root, _CGROUP_V2
+        paths = [line.split(":", 2)[2] for line in lines if line.startswith("0::")]
+    else:
+        mount, files = root / "memory", _CGROUP_V1
+        paths = [
+            line.split(":", 2)[2]
+            for line in lines
+            if "memory" in line.split(":", 2)[1].split(",")
+        ]
+    if not paths or not mount.is_dir():
+        return None
+    folder = mount / paths[0].lstrip("/")
+    if not folder.is_dir():
+        folder = mount
+    headrooms = []
+    for level in (folder, *folder.parents):
+        headroom = _cgroup_level_headroom(level, *files)
+        if headroom is not None:
+            headrooms.append(headroom)
+        if level == mount:
+            break
+    return min(headrooms, default=None)
+
+
+def _cgroup_level_headroom(folder: Path, limit_file, usage_file, cache_key):
+    try:
+        limit = (folder / limit_file).read_text().strip()
+        usage = int((folder / usage_file).read_text())
+        limit = _NO_LIMIT if limit == "max" else int(limit)
+    except (OSError, ValueError):
+        return None
+    if limit >= _NO_LIMIT:
+        return None
+    cache = 0
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == cache_key:
+                cache = int(value)
+    except (OSError, ValueError):
+        pass
+    return max(limit - (usage - cache), 0)
 
 
 class EpisodeWriter(Writer):
