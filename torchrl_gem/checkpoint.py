@@ -441,9 +441,11 @@ class RunCheckpoint:
 def _place_storage(storage) -> None:
     """Move a replay buffer's storage to the device it was built for.
 
-    A lazy storage that is loaded before its first write takes the tensors of the
-    state dict as they come (:func:`read_checkpoint` puts them on the CPU), not its
-    ``device``: a memory meant for the GPU would stay on the CPU.
+    A plain TorchRL lazy storage loaded before its first write takes the tensors of
+    the state dict as they come (:func:`read_checkpoint` puts them on the CPU), not
+    its ``device``: a memory meant for the GPU would stay on the CPU. (The storages
+    of :func:`~torchrl_gem.memory.replay_storage`, the recipes', allocate on their
+    device as they load: for them this does nothing.)
     """
     data, device = getattr(storage, "_storage", None), getattr(storage, "device", None)
     if data is None or device in (None, "auto") or torch.device(device).type == "cpu":
