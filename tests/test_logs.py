@@ -273,6 +273,21 @@ def test_plot_run_scores_table_by_hand(tmp_path):
     assert table.index("| gem |") < table.index("| td3 |")  # sorted rows
 
 
+def test_plot_drawdown_table_by_hand(tmp_path):
+    # seed 0: best so far 10 from 100 frames on; stretch (0, 200]: 10 and 5 drop
+    # 0 and 0.5 -> 0.25; (200, 400]: 10 and 2 drop 0 and 0.8 -> 0.4
+    full = [(0, 0.0), (100, 10.0), (200, 5.0), (300, 10.0), (400, 2.0)]
+    write_run(tmp_path, "Ant-v5", "gem", 0, 400, {"eval/return_mean": full})
+    # seed 1 stops at 300: (0, 200] -> 1 - 6/8 = 0.25 at 200 -> 0.125; (200, 400]
+    # not reached, so only seed 0 counts there
+    short = [(0, 0.0), (100, 8.0), (200, 6.0), (300, 8.0)]
+    write_run(tmp_path, "Ant-v5", "gem", 1, 400, {"eval/return_mean": short})
+    table = plot.drawdown_table(plot.find_runs([tmp_path]), stretch=200)
+    assert "| task | algorithm | runs | 200 | 400 |" in table
+    # (0.25 + 0.125) / 2 = 0.1875 ± 0.0625
+    assert "| Ant-v5 | gem | 2 | 0.19 ± 0.06 | 0.40 ± 0.00 |" in table, table
+
+
 def test_plot_stats_before_any_run_finished_says_so(tmp_path, capsys):
     # a study whose runs are all still going: no empty statistics tables, the runs'
     # own tables still printed

@@ -126,7 +126,8 @@ if compgen -G "$results/runs_1m/*/*/seed*/run_info.json" >/dev/null; then
     echo "$published"
     echo
     python recipes/analysis/plot.py "$results/runs_1m" --stats gem \
-      --per-run 290000:310000 --phases 1000000 --out "$results/runs_1m.png"
+      --per-run 290000:310000 --phases 1000000 --drawdown-by 100000 \
+      --out "$results/runs_1m.png"
   } >"$results/runs_1m.md"
   echo "wrote $results/runs_1m.md and runs_1m.png"
 fi

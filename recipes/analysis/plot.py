@@ -377,6 +377,41 @@ def run_scores_table(runs, window: tuple[int, int], last: int = 5) -> str:
     return "\n".join(lines)
 
 
+def drawdown_table(runs, stretch: int) -> str:
+    """The drawdown (``stats.drawdown``) within each stretch of ``stretch`` frames,
+    per (task, algo) the mean ± std over the runs that reached the stretch's end:
+    whether a run's drops below its best persist, fade or grow as it trains."""
+    groups: dict[tuple[str, str], list] = defaultdict(list)
+    for run, key in _group_keys(runs).items():
+        curve = read_scalar(run)
+        if curve:
+            groups[key].append(curve)
+    ends = range(
+        stretch, max(c[-1][0] for cs in groups.values() for c in cs) + 1, stretch
+    )
+    unit = step_unit(task for task, _ in groups)
+    lines = [
+        f"Drawdown within each stretch of {stretch:,} {unit} (the evaluations after "
+        "its start, up to its end), mean ± std over the runs that reached its end.",
+        "",
+        "| task | algorithm | runs | " + " | ".join(f"{end:,}" for end in ends) + " |",
+        "|---|---|---:|" + "---:|" * len(ends),
+    ]
+    for (task, algo), curves in sorted(groups.items()):
+        cells = []
+        for end in ends:
+            reached = [curve for curve in curves if curve[-1][0] >= end]
+            figures = [  # frames in (end - stretch, end]: start and stop one later
+                stats.drawdown(*zip(*c, strict=True), end - stretch + 1, end + 1)
+                for c in reached
+            ]
+            cells.append(
+                "{:.2f} ± {:.2f}".format(*_mean_std(figures)) if figures else ""
+            )
+        lines.append(f"| {task} | {algo} | {len(curves)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def step_unit(tasks) -> str:
     """What the logs' frames count: TorchRL's frames are an Atari run's agent steps
     (4 emulator frames each, frame skip)."""
@@ -861,6 +896,13 @@ def main(argv=None) -> None:
         "gradient steps, memory refresh, evaluation, checkpoints, other)",
     )
     parser.add_argument(
+        "--drawdown-by",
+        metavar="FRAMES",
+        type=int,
+        help="also print each stretch of FRAMES frames' drawdown (the mean drop "
+        "below the run's best so far): do the runs' drops persist, fade or grow",
+    )
+    parser.add_argument(
         "--clean",
         action="store_true",
         help="first rewrite the logs that repeat steps, one row per step (the later)",
@@ -891,6 +933,8 @@ def main(argv=None) -> None:
         print(run_scores_table(labelled_runs(args.runs), args.per_run) + "\n")
     if args.phases:
         print(phase_table(labelled_runs(args.runs), args.phases) + "\n")
+    if args.drawdown_by:
+        print(drawdown_table(labelled_runs(args.runs), args.drawdown_by) + "\n")
     plot_runs(args.runs, args.out, metric=args.metric, curves=args.curves)
 
 

@@ -135,19 +135,25 @@ def normalise(scores: np.ndarray, random: float, reference: float) -> np.ndarray
     return (np.asarray(scores, dtype=float) - random) / (reference - random)
 
 
-def drawdown(frames: Sequence[int], values: Sequence[float], start: int) -> float:
-    """The stability figure: over the evaluations at or after ``start``, the mean
-    drop below the run's best evaluation so far, as a fraction of that best (0: it
-    never fell back; 0.5: on average half of its best lost). An evaluation whose
-    best so far is at or below 0 counts 0: a fraction of it means nothing.
+def drawdown(
+    frames: Sequence[int], values: Sequence[float], start: int, stop: float = math.inf
+) -> float:
+    """The stability figure: over the evaluations at or after ``start`` (and before
+    ``stop``), the mean drop below the run's best evaluation so far, as a fraction
+    of that best (0: it never fell back; 0.5: on average half of its best lost). An
+    evaluation whose best so far is at or below 0 counts 0: a fraction of it means
+    nothing.
 
     Examples:
         >>> drawdown([0, 10, 20, 30], [50.0, 100.0, 40.0, 100.0], start=20)
         0.3
+        >>> frames, values = [0, 10, 20, 30], [50.0, 100.0, 40.0, 100.0]
+        >>> round(drawdown(frames, values, start=0, stop=30), 2)  # (0 + 0 + 0.6) / 3
+        0.2
     """
     best, losses = -math.inf, []
     for frame, value in zip(frames, values, strict=True):
         best = max(best, value)
-        if frame >= start:
+        if start <= frame < stop:
             losses.append((best - value) / best if best > 0 else 0.0)
     return float(np.mean(losses)) if losses else math.nan
