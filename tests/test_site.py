@@ -21,6 +21,7 @@ for package in ("sphinx", "myst_parser", "furo"):  # the docs extra
     pytest.importorskip(package)
 
 from docutils.nodes import make_id  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 import atari_config  # noqa: E402 - recipes/ is on pytest's pythonpath
 import config  # noqa: E402
@@ -33,9 +34,23 @@ PRESETS = {"mujoco": config.HERE / "algo", "atari": atari_config.ATARI_DIR / "al
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("site")
+    # one build per pytest session: under xdist the workers share it (a stolen test
+    # would otherwise build again in its worker), through a folder of the session's
+    out = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        out = out.parent  # the session's folder above the workers' own
+    built, failure = out / "site-built", out / "site-failed.txt"
+    with FileLock(out / "site.lock"):
+        if not built.exists() and not failure.exists():
+            done = build_site(out / "site")
+            (built if done.returncode == 0 else failure).write_text(done.stderr[-6000:])
+    assert not failure.exists(), failure.read_text()
+    return out / "site" / "html"
+
+
+def build_site(out: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "DOCS_INTERSPHINX"}  # offline
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
         + ["-d", str(out / "doctrees"), str(ROOT / "docs"), str(out / "html")],
         cwd=ROOT,
@@ -44,8 +59,6 @@ def site(tmp_path_factory) -> Path:
         text=True,
         timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-6000:]
-    return out / "html"
 
 
 def ids(page: Path) -> set[str]:
