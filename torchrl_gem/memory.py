@@ -173,20 +173,17 @@ def cgroup_headroom_bytes(
     hides falls back to ``root``'s own files (a container's).
     """
     root = Path(root)
-    try:
+    try:  # lines "hierarchy:controllers:path"; cgroup v2's is "0::path"
         lines = Path(membership).read_text().splitlines()
     except OSError:
         return None
+    entries = [line.split(":", 2) for line in lines if line.count(":") >= 2]
     if (root / "cgroup.controllers").is_file():  # cgroup v2
         mount, files = root, _CGROUP_V2
-        paths = [line.split(":", 2)[2] for line in lines if line.startswith("0::")]
+        paths = [path for hierarchy, _, path in entries if hierarchy == "0"]
     else:
         mount, files = root / "memory", _CGROUP_V1
-        paths = [
-            line.split(":", 2)[2]
-            for line in lines
-            if "memory" in line.split(":", 2)[1].split(",")
-        ]
+        paths = [path for _, names, path in entries if "memory" in names.split(",")]
     if not paths or not mount.is_dir():
         return None
     folder = mount / paths[0].lstrip("/")
@@ -202,7 +199,9 @@ def cgroup_headroom_bytes(
     return min(headrooms, default=None)
 
 
-def _cgroup_level_headroom(folder: Path, limit_file, usage_file, cache_key):
+def _cgroup_level_headroom(
+    folder: Path, limit_file: str, usage_file: str, cache_key: str
+) -> int | None:
     try:
         limit = (folder / limit_file).read_text().strip()
         usage = int((folder / usage_file).read_text())
