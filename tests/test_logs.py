@@ -286,6 +286,9 @@ def test_plot_drawdown_table_by_hand(tmp_path):
     assert "| task | algorithm | runs | 200 | 400 |" in table
     # (0.25 + 0.125) / 2 = 0.1875 ± 0.0625
     assert "| Ant-v5 | gem | 2 | 0.19 ± 0.06 | 0.40 ± 0.00 |" in table, table
+    assert "No evaluations" in plot.drawdown_table([], stretch=200)
+    with pytest.raises(SystemExit):  # argparse: a stretch of 0 frames
+        plot.main([str(tmp_path), "--drawdown-by", "0"])
 
 
 def test_plot_stats_before_any_run_finished_says_so(tmp_path, capsys):

@@ -386,6 +386,8 @@ def drawdown_table(runs, stretch: int) -> str:
         curve = read_scalar(run)
         if curve:
             groups[key].append(curve)
+    if not groups:
+        return "No evaluations logged yet: no drawdown."
     ends = range(
         stretch, max(c[-1][0] for cs in groups.values() for c in cs) + 1, stretch
     )
@@ -844,6 +846,15 @@ def window(text: str) -> tuple[int, int]:
     return int(low), int(high)
 
 
+def frames(text: str) -> int:
+    """A positive number of frames (``--phases``, ``--drawdown-by``)."""
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive frame count, got {text!r}"
+        )
+    return int(text)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -891,14 +902,14 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--phases",
         metavar="FRAMES",
-        type=int,
+        type=frames,
         help="also print the hours per FRAMES frames of each phase (collection, "
         "gradient steps, memory refresh, evaluation, checkpoints, other)",
     )
     parser.add_argument(
         "--drawdown-by",
         metavar="FRAMES",
-        type=int,
+        type=frames,
         help="also print each stretch of FRAMES frames' drawdown (the mean drop "
         "below the run's best so far): do the runs' drops persist, fade or grow",
     )
