@@ -287,6 +287,9 @@ def test_plot_drawdown_table_by_hand(tmp_path):
     # (0.25 + 0.125) / 2 = 0.1875 ± 0.0625
     assert "| Ant-v5 | gem | 2 | 0.19 ± 0.06 | 0.40 ± 0.00 |" in table, table
     assert "No evaluations" in plot.drawdown_table([], stretch=200)
+    # stretches without an evaluation (every other one here) are blank, not nan
+    halves = plot.drawdown_table(plot.find_runs([tmp_path]), stretch=50)
+    assert "nan" not in halves and "| Ant-v5 | gem | 2 |  | 0.00 ± 0.00 |" in halves
     with pytest.raises(SystemExit):  # argparse: a stretch of 0 frames
         plot.main([str(tmp_path), "--drawdown-by", "0"])
 

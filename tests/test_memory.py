@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -583,16 +585,21 @@ def write_cgroup(folder, files: dict) -> None:
         (folder / name).write_text(text)
 
 
-def v2_level(limit: str, usage: int, inactive_file: int = 0) -> dict:
-    stat = f"anon 7\ninactive_file {inactive_file}\nactive_file 5\n"
+def v2_level(limit: str, usage: int, inactive_file: int = 0, active_file: int = 0):
+    # anon and shmem (tmpfs) are not reclaimable: they must not count
+    stat = (
+        f"anon 7\nshmem 3\nactive_file {active_file}\ninactive_file {inactive_file}\n"
+    )
     return {"memory.max": limit, "memory.current": f"{usage}\n", "memory.stat": stat}
 
 
 def test_cgroup_v2_headroom_is_the_limit_less_what_cannot_be_reclaimed(tmp_path):
-    # a container's own cgroup at the mount's root: 1,000,000 - (600,000 - 100,000)
+    # a container's own cgroup at the mount's root, its file cache reclaimable:
+    # 1,000,000 - (600,000 - 60,000 - 40,000)
     root, membership = tmp_path / "cgroup", tmp_path / "membership"
     write_cgroup(root, {"cgroup.controllers": "cpu memory\n"})
-    write_cgroup(root, v2_level("1000000\n", 600_000, inactive_file=100_000))
+    level = v2_level("1000000\n", 600_000, inactive_file=60_000, active_file=40_000)
+    write_cgroup(root, level)
     membership.write_text("0::/\n")
     assert cgroup_headroom_bytes(root, membership) == 500_000
     # a path the namespace hides: the mount's own files are the container's
@@ -624,19 +631,35 @@ def test_cgroup_v1_headroom_and_no_limit(tmp_path):
         {
             "memory.limit_in_bytes": "4096\n",
             "memory.usage_in_bytes": "3000\n",
-            "memory.stat": "cache 900\ntotal_inactive_file 1000\n",
+            # the hierarchy's totals count, not the cgroup's own (active_file)
+            "memory.stat": "active_file 7\ntotal_active_file 500\n"
+            "total_inactive_file 1000\n",
         },
     )
     unlimited = {"memory.limit_in_bytes": "9223372036854771712\n"}
     write_cgroup(root / "memory", {**unlimited, "memory.usage_in_bytes": "99\n"})
     membership.write_text("5:cpu,cpuacct:/\n4:memory:/job\n0::/\n")
-    assert cgroup_headroom_bytes(root, membership) == 4096 - (3000 - 1000)
+    assert cgroup_headroom_bytes(root, membership) == 4096 - (3000 - 500 - 1000)
     # no limit anywhere, no memory controller, no membership file: nothing known
     write_cgroup(job, unlimited)
     assert cgroup_headroom_bytes(root, membership) is None
     membership.write_text("5:cpu,cpuacct:/\n")
     assert cgroup_headroom_bytes(root, membership) is None
     assert cgroup_headroom_bytes(root, tmp_path / "missing") is None
+
+
+def test_cgroup_files_not_permitted_mean_nothing_known(tmp_path, monkeypatch):
+    # a confined process (AppArmor, SELinux) may not even test /sys's files
+    root, membership = tmp_path / "cgroup", tmp_path / "membership"
+    write_cgroup(root, {"cgroup.controllers": "memory\n", **v2_level("800", 300)})
+    membership.write_text("0::/\n")
+    assert cgroup_headroom_bytes(root, membership) == 500
+
+    def not_permitted(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "is_file", not_permitted)
+    assert cgroup_headroom_bytes(root, membership) is None
 
 
 def test_available_ram_is_lowered_to_the_cgroups_headroom(monkeypatch):

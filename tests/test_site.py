@@ -37,13 +37,18 @@ def site(tmp_path_factory) -> Path:
     # one build per pytest session: under xdist the workers share it (a stolen test
     # would otherwise build again in its worker), through a folder of the session's
     out = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        out = out.parent  # the session's folder above the workers' own
+    if out.name.startswith("popen-"):  # an xdist worker's own, in the session's
+        out = out.parent
     built, failure = out / "site-built", out / "site-failed.txt"
     with FileLock(out / "site.lock"):
         if not built.exists() and not failure.exists():
-            done = build_site(out / "site")
-            (built if done.returncode == 0 else failure).write_text(done.stderr[-6000:])
+            try:
+                done = build_site(out / "site")
+            except subprocess.TimeoutExpired as timeout:  # not again in each worker
+                failure.write_text(f"the build timed out: {timeout}")
+            else:
+                marker = built if done.returncode == 0 else failure
+                marker.write_text(done.stderr[-6000:])
     assert not failure.exists(), failure.read_text()
     return out / "site" / "html"
 

@@ -154,9 +154,14 @@ def _meminfo_available() -> int | None:
         return None
 
 
-# A cgroup's files: (limit, usage, its memory.stat line of reclaimable file cache)
-_CGROUP_V2 = ("memory.max", "memory.current", "inactive_file")
-_CGROUP_V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+# A cgroup's files: limit, usage, and memory.stat's lines of file cache (reclaimed
+# before the OOM killer acts; shared memory is not among them)
+_CGROUP_V2 = ("memory.max", "memory.current", ("active_file", "inactive_file"))
+_CGROUP_V1 = (
+    "memory.limit_in_bytes",
+    "memory.usage_in_bytes",
+    ("total_active_file", "total_inactive_file"),
+)
 _NO_LIMIT = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
 
 
@@ -168,15 +173,26 @@ def cgroup_headroom_bytes(
 
     The tightest over the cgroup and its ancestors (a Slurm job's limit sits above
     its steps') of the limit less the memory that cannot be reclaimed (usage less
-    inactive file cache, as container runtimes count it). Reads cgroup v2 where
-    ``root`` is its mount, else v1's memory controller; a path that the namespace
-    hides falls back to ``root``'s own files (a container's).
+    the file cache: a refusal must not count what the kernel would free, such as a
+    checkpoint just read). Reads cgroup v2 where ``root`` is its mount, else v1's
+    memory controller; a path that the namespace hides falls back to ``root``'s own
+    files (a container's). A file that cannot be read (absent, not permitted) means
+    nothing known there.
+
+    Examples:
+        >>> headroom = cgroup_headroom_bytes()  # None on a machine without a limit
+        >>> headroom is None or headroom >= 0
+        True
     """
-    root = Path(root)
-    try:  # lines "hierarchy:controllers:path"; cgroup v2's is "0::path"
-        lines = Path(membership).read_text().splitlines()
-    except OSError:
+    try:
+        return _cgroup_headroom(Path(root), Path(membership))
+    except OSError:  # e.g. a confined process not permitted to read /sys
         return None
+
+
+def _cgroup_headroom(root: Path, membership: Path) -> int | None:
+    # lines "hierarchy:controllers:path"; cgroup v2's is "0::path"
+    lines = membership.read_text().splitlines()
     entries = [line.split(":", 2) for line in lines if line.count(":") >= 2]
     if (root / "cgroup.controllers").is_file():  # cgroup v2
         mount, files = root, _CGROUP_V2
@@ -200,7 +216,7 @@ def cgroup_headroom_bytes(
 
 
 def _cgroup_level_headroom(
-    folder: Path, limit_file: str, usage_file: str, cache_key: str
+    folder: Path, limit_file: str, usage_file: str, cache_keys: tuple[str, ...]
 ) -> int | None:
     try:
         limit = (folder / limit_file).read_text().strip()
@@ -214,8 +230,8 @@ def _cgroup_level_headroom(
     try:
         for line in (folder / "memory.stat").read_text().splitlines():
             key, _, value = line.partition(" ")
-            if key == cache_key:
-                cache = int(value)
+            if key in cache_keys:
+                cache += int(value)
     except (OSError, ValueError):
         pass
     return max(limit - (usage - cache), 0)

@@ -379,7 +379,8 @@ def run_scores_table(runs, window: tuple[int, int], last: int = 5) -> str:
 
 def drawdown_table(runs, stretch: int) -> str:
     """The drawdown (``stats.drawdown``) within each stretch of ``stretch`` frames,
-    per (task, algo) the mean ± std over the runs that reached the stretch's end:
+    per (task, algo) the mean ± std over the runs that reached the stretch's end
+    (blank where no evaluation fell in it):
     whether a run's drops below its best persist, fade or grow as it trains."""
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for run, key in _group_keys(runs).items():
@@ -407,6 +408,7 @@ def drawdown_table(runs, stretch: int) -> str:
                 stats.drawdown(*zip(*c, strict=True), end - stretch + 1, end + 1)
                 for c in reached
             ]
+            figures = [f for f in figures if not math.isnan(f)]  # none evaluated there
             cells.append(
                 "{:.2f} ± {:.2f}".format(*_mean_std(figures)) if figures else ""
             )
