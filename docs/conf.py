@@ -78,6 +78,7 @@ GENERATED_TITLES = {
     "results/ablations": "Part 3's tables: ablations and TorchRL's losses",
     "results/stable": "The stable-GEM screening's tables",
     "results/atari": "The Atari comparison's tables",
+    "results/runs_1m": "The 1M-frame study's tables",  # with results/runs_1m.md
 }
 
 
