@@ -382,11 +382,7 @@ def drawdown_table(runs, stretch: int) -> str:
     per (task, algo) the mean ± std over the runs that reached the stretch's end
     (blank where no evaluation fell in it):
     whether a run's drops below its best persist, fade or grow as it trains."""
-    groups: dict[tuple[str, str], list] = defaultdict(list)
-    for run, key in _group_keys(runs).items():
-        curve = read_scalar(run)
-        if curve:
-            groups[key].append(curve)
+    groups = collect(runs)
     if not groups:
         return "No evaluations logged yet: no drawdown."
     ends = range(
@@ -400,7 +396,7 @@ def drawdown_table(runs, stretch: int) -> str:
         "| task | algorithm | runs | " + " | ".join(f"{end:,}" for end in ends) + " |",
         "|---|---|---:|" + "---:|" * len(ends),
     ]
-    for (task, algo), curves in sorted(groups.items()):
+    for (task, algo), curves in groups.items():
         cells = []
         for end in ends:
             reached = [curve for curve in curves if curve[-1][0] >= end]
