@@ -844,7 +844,7 @@ def window(text: str) -> tuple[int, int]:
     return int(low), int(high)
 
 
-def frames(text: str) -> int:
+def frame_count(text: str) -> int:
     """A positive number of frames (``--phases``, ``--drawdown-by``)."""
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(
@@ -900,14 +900,14 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--phases",
         metavar="FRAMES",
-        type=frames,
+        type=frame_count,
         help="also print the hours per FRAMES frames of each phase (collection, "
         "gradient steps, memory refresh, evaluation, checkpoints, other)",
     )
     parser.add_argument(
         "--drawdown-by",
         metavar="FRAMES",
-        type=frames,
+        type=frame_count,
         help="also print each stretch of FRAMES frames' drawdown (the mean drop "
         "below the run's best so far): do the runs' drops persist, fade or grow",
     )
